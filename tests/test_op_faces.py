@@ -1,0 +1,463 @@
+"""Agreement of every registered op's faces: torch op == ONNX function (onnxruntime) == naive.
+
+The naive references below are written independently of trimformer, in plain Python loops over
+numpy arrays, straight from each op's documented semantics. Every registered op must have one
+(see ``test_every_registered_op_has_a_naive_reference``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper
+
+from trimformer.ops import MAX_OPSET, MIN_OPSET, OpValidationError, get_op, registered_ops
+
+ATOL = 1e-5
+OPSET = 20
+
+
+# --------------------------------------------------------------------------------------------
+# Naive references
+# --------------------------------------------------------------------------------------------
+
+
+def naive_bipartite_merge(
+    x: np.ndarray, metric: np.ndarray, size: np.ndarray, r: int, protected: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """BipartiteMerge, one batch item and one token at a time, in float64."""
+    batch, n_tokens, channels = x.shape
+    x_rows, s_rows = [], []
+    for b in range(batch):
+        # Unprotected tokens split alternately: A at even offsets, B at odd offsets.
+        set_a = [t for t in range(protected, n_tokens) if (t - protected) % 2 == 0]
+        set_b = [t for t in range(protected, n_tokens) if (t - protected) % 2 == 1]
+
+        def unit(t: int, b: int = b) -> list[float]:
+            v = [float(value) for value in metric[b, t]]
+            norm = max(math.sqrt(sum(value * value for value in v)), 1e-12)
+            return [value / norm for value in v]
+
+        # Each A token's best B: the first maximum of its score row.
+        best = []  # (score, index into set_b) per A token
+        for ta in set_a:
+            ua = unit(ta)
+            best_score, best_j = -math.inf, -1
+            for j, tb in enumerate(set_b):
+                ub = unit(tb)
+                score = sum(p * q for p, q in zip(ua, ub, strict=True))
+                if best_j < 0 or score > best_score:
+                    best_score, best_j = score, j
+            best.append((best_score, best_j))
+
+        # A ranked by best score descending; ties go to the lower A index.
+        ranking = list(range(len(set_a)))
+        for i in range(len(ranking)):  # selection sort: the first strictly-better wins
+            top = i
+            for k in range(i + 1, len(ranking)):
+                ci, ck = ranking[top], ranking[k]
+                if best[ck][0] > best[ci][0] or (best[ck][0] == best[ci][0] and ck < ci):
+                    top = k
+            ranking[i], ranking[top] = ranking[top], ranking[i]
+        merged_a = set(ranking[:r])
+
+        # Size-weighted sums per B token: itself plus every A merged into it.
+        acc_x = {
+            tb: [float(x[b, tb, c]) * float(size[b, tb, 0]) for c in range(channels)]
+            for tb in set_b
+        }
+        acc_s = {tb: float(size[b, tb, 0]) for tb in set_b}
+        for i in sorted(merged_a):
+            ta, tb = set_a[i], set_b[best[i][1]]
+            for c in range(channels):
+                acc_x[tb][c] += float(x[b, ta, c]) * float(size[b, ta, 0])
+            acc_s[tb] += float(size[b, ta, 0])
+
+        out_x, out_s = [], []
+        for t in range(n_tokens):
+            if t in acc_s:
+                out_x.append([value / acc_s[t] for value in acc_x[t]])
+                out_s.append([acc_s[t]])
+            elif t < protected or set_a.index(t) not in merged_a:
+                out_x.append([float(value) for value in x[b, t]])
+                out_s.append([float(size[b, t, 0])])
+        x_rows.append(out_x)
+        s_rows.append(out_s)
+    x_out = np.array(x_rows, dtype=np.float64).reshape(batch, n_tokens - r, channels)
+    s_out = np.array(s_rows, dtype=np.float64).reshape(batch, n_tokens - r, 1)
+    return x_out, s_out
+
+
+NAIVE_REFERENCES = {"BipartiteMerge": naive_bipartite_merge}
+
+SPEC = get_op("BipartiteMerge")
+
+
+def test_every_registered_op_has_a_naive_reference():
+    assert set(registered_ops()) == set(NAIVE_REFERENCES), (
+        "every registered op needs a naive reference and agreement tests in this module"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Faces
+# --------------------------------------------------------------------------------------------
+
+
+def torch_face(x, metric, size, r, protected):
+    outs = torch.ops.trimformer.bipartite_merge(
+        torch.from_numpy(x), torch.from_numpy(metric), torch.from_numpy(size), r, protected
+    )
+    return tuple(t.numpy() for t in outs)
+
+
+def merge_model(r: int, protected: int, channels: int, metric_channels: int, opset: int = OPSET):
+    node = helper.make_node(
+        "BipartiteMerge",
+        ["x", "metric", "size"],
+        ["x_out", "size_out"],
+        domain="trimformer",
+        r=r,
+        protected=protected,
+    )
+    graph = helper.make_graph(
+        [node],
+        "bipartite_merge",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "N", channels]),
+            helper.make_tensor_value_info("metric", TensorProto.FLOAT, ["B", "N", metric_channels]),
+            helper.make_tensor_value_info("size", TensorProto.FLOAT, ["B", "N", 1]),
+        ],
+        [
+            helper.make_tensor_value_info("x_out", TensorProto.FLOAT, ["B", "M", channels]),
+            helper.make_tensor_value_info("size_out", TensorProto.FLOAT, ["B", "M", 1]),
+        ],
+    )
+    return helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("trimformer", 1)],
+        functions=[SPEC.onnx_function(opset)],
+        ir_version=10,
+    )
+
+
+@functools.cache
+def merge_session(r: int, protected: int, channels: int, metric_channels: int, opset: int = OPSET):
+    model = merge_model(r, protected, channels, metric_channels, opset)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def onnx_face(x, metric, size, r, protected, opset: int = OPSET):
+    session = merge_session(r, protected, x.shape[-1], metric.shape[-1], opset)
+    return tuple(session.run(None, {"x": x, "metric": metric, "size": size}))
+
+
+def assert_faces_agree(x, metric, size, r, protected):
+    """torch == ONNX (ORT) == naive, and the output count is the spec's static count."""
+    n_out = SPEC.output_tokens(x.shape[1], {"r": r, "protected": protected})
+    want_x, want_s = naive_bipartite_merge(x, metric, size, r, protected)
+    faces = {
+        "torch": torch_face(x, metric, size, r, protected),
+        "onnx": onnx_face(x, metric, size, r, protected),
+    }
+    for face, (got_x, got_s) in faces.items():
+        assert got_x.shape == (x.shape[0], n_out, x.shape[2]), face
+        assert got_s.shape == (x.shape[0], n_out, 1), face
+        np.testing.assert_allclose(got_x, want_x, rtol=0, atol=ATOL, err_msg=f"{face} x_out")
+        np.testing.assert_allclose(got_s, want_s, rtol=0, atol=ATOL, err_msg=f"{face} size_out")
+    return want_x, want_s
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+
+def make_inputs(rng, batch, n_tokens, channels, metric_channels):
+    x = rng.standard_normal((batch, n_tokens, channels)).astype(np.float32)
+    metric = rng.standard_normal((batch, n_tokens, metric_channels)).astype(np.float32)
+    size = rng.uniform(0.5, 4.0, (batch, n_tokens, 1)).astype(np.float32)
+    return x, metric, size
+
+
+def one_hot_metric(rng, batch, n_tokens, metric_channels, signed=False, zeros=False):
+    """Rows ±2^k·e_i (or 0): normalisation is exact, so scores are exactly -1, 0 or 1."""
+    metric = np.zeros((batch, n_tokens, metric_channels), dtype=np.float32)
+    for b in range(batch):
+        for t in range(n_tokens):
+            if zeros and rng.random() < 0.2:
+                continue
+            sign = rng.choice([-1.0, 1.0]) if signed else 1.0
+            metric[b, t, rng.integers(metric_channels)] = sign * 2.0 ** int(rng.integers(-3, 4))
+    return metric
+
+
+# --------------------------------------------------------------------------------------------
+# Property test: all three faces agree
+# --------------------------------------------------------------------------------------------
+
+
+@st.composite
+def merge_cases(draw):
+    batch = draw(st.integers(1, 3))
+    n_tokens = draw(st.integers(1, 40))
+    channels = draw(st.integers(1, 8))
+    metric_channels = draw(st.integers(1, 8))
+    protected = draw(st.integers(0, min(3, n_tokens)))
+    r = draw(st.integers(0, (n_tokens - protected) // 2))
+    metric_kind = draw(st.sampled_from(["normal", "normal", "one_hot", "signed_one_hot"]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    return batch, n_tokens, channels, metric_channels, protected, r, metric_kind, seed
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(merge_cases())
+def test_bipartite_merge_faces_agree(case):
+    batch, n_tokens, channels, metric_channels, protected, r, metric_kind, seed = case
+    rng = np.random.default_rng(seed)
+    x, metric, size = make_inputs(rng, batch, n_tokens, channels, metric_channels)
+    if metric_kind != "normal":
+        signed = metric_kind == "signed_one_hot"
+        metric = one_hot_metric(rng, batch, n_tokens, metric_channels, signed=signed, zeros=True)
+    assert_faces_agree(x, metric, size, r, protected)
+
+
+# --------------------------------------------------------------------------------------------
+# Explicit edge cases
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n_tokens", "protected"), [(1, 1), (2, 0), (2, 2), (5, 2), (17, 1)])
+def test_r_zero_is_identity(n_tokens, protected):
+    rng = np.random.default_rng(n_tokens * 10 + protected)
+    x, metric, size = make_inputs(rng, 2, n_tokens, 3, 4)
+    got_x, got_s = torch_face(x, metric, size, 0, protected)
+    np.testing.assert_array_equal(got_x, x)
+    np.testing.assert_array_equal(got_s, size)
+    want_x, want_s = assert_faces_agree(x, metric, size, 0, protected)
+    np.testing.assert_array_equal(want_x, x)
+    np.testing.assert_array_equal(want_s, size)
+
+
+SINGLE_UNPROTECTED = [(1, 0), (2, 1), (3, 2), (4, 3)]
+
+
+@pytest.mark.parametrize(("n_tokens", "protected"), SINGLE_UNPROTECTED)
+def test_single_unprotected_token_torch(n_tokens, protected):
+    # One A token and no B token: only r = 0 is valid, and it is the identity.
+    assert SPEC.output_tokens(n_tokens, {"r": 0, "protected": protected}) == n_tokens
+    rng = np.random.default_rng(n_tokens)
+    x, metric, size = make_inputs(rng, 2, n_tokens, 3, 2)
+    want_x, want_s = naive_bipartite_merge(x, metric, size, 0, protected)
+    got_x, got_s = torch_face(x, metric, size, 0, protected)
+    np.testing.assert_array_equal(got_x, want_x)
+    np.testing.assert_array_equal(got_s, want_s)
+
+
+@pytest.mark.parametrize(("n_tokens", "protected"), SINGLE_UNPROTECTED)
+def test_single_unprotected_token_onnx(n_tokens, protected):
+    # B is empty: the ONNX face must still define its (unused) best matches.
+    rng = np.random.default_rng(n_tokens)
+    x, metric, size = make_inputs(rng, 2, n_tokens, 3, 2)
+    got_x, got_s = onnx_face(x, metric, size, 0, protected)
+    np.testing.assert_array_equal(got_x, x)
+    np.testing.assert_array_equal(got_s, size)
+
+
+@pytest.mark.parametrize(("n_tokens", "protected"), [(2, 0), (3, 0), (10, 1), (11, 1), (12, 3)])
+def test_r_maximum(n_tokens, protected):
+    r = (n_tokens - protected) // 2
+    rng = np.random.default_rng(100 + n_tokens)
+    x, metric, size = make_inputs(rng, 2, n_tokens, 5, 3)
+    assert_faces_agree(x, metric, size, r, protected)
+    # With every A token merged the size mass of the unprotected tokens is conserved.
+    _, got_s = torch_face(x, metric, size, r, protected)
+    np.testing.assert_allclose(got_s.sum(axis=1), size.sum(axis=1), rtol=1e-6)
+    assert got_s.shape[1] == n_tokens - r
+
+
+@pytest.mark.parametrize("protected", [0, 1, 2, 3])
+@pytest.mark.parametrize("n_tokens", [9, 10, 13, 14])
+def test_odd_and_even_unprotected_counts(n_tokens, protected):
+    rng = np.random.default_rng(n_tokens * 7 + protected)
+    x, metric, size = make_inputs(rng, 2, n_tokens, 4, 4)
+    for r in range((n_tokens - protected) // 2 + 1):
+        assert_faces_agree(x, metric, size, r, protected)
+
+
+def test_batch_items_merge_different_tokens():
+    # One CLS token, then A = tokens 1, 3, 5 and B = tokens 2, 4, 6. Item 0: token 1 matches
+    # token 2 exactly; item 1: token 5 matches token 6 exactly. Every other score is lower.
+    n_tokens, protected = 7, 1
+    metric = np.zeros((2, n_tokens, 4), dtype=np.float32)
+    metric[0] = [
+        [1, 1, 1, 1],
+        [1, 0, 0, 0],
+        [1, 0, 0, 0],
+        [0, 1, 0, 0],
+        [0, 0, 1, 0],
+        [0, 0, 0, 1],
+        [0, 0, 1, 0.5],
+    ]
+    metric[1] = [
+        [1, 1, 1, 1],
+        [1, 0, 0, 0],
+        [0, 0.5, 1, 0],
+        [0, 1, 0, 0],
+        [0, 1, 1, 0],
+        [0, 0, 1, 0],
+        [0, 0, 1, 0],
+    ]
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, n_tokens, 3)).astype(np.float32)
+    size = np.array([1, 1, 2, 1, 3, 1, 2], dtype=np.float32)[None, :, None].repeat(2, axis=0)
+    want_x, want_s = assert_faces_agree(x, metric, size, 1, protected)
+    # Item 0 merges token 1 into token 2; item 1 merges token 5 into token 6.
+    np.testing.assert_allclose(want_s[0, :, 0], [1, 3, 1, 3, 1, 2])
+    np.testing.assert_allclose(want_s[1, :, 0], [1, 1, 2, 1, 3, 3])
+    np.testing.assert_allclose(want_x[0, 1], (x[0, 1] * 1 + x[0, 2] * 2) / 3, atol=ATOL)
+    np.testing.assert_allclose(want_x[1, 5], (x[1, 5] * 1 + x[1, 6] * 2) / 3, atol=ATOL)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(("n_tokens", "protected"), [(8, 0), (13, 1), (24, 2), (31, 3)])
+def test_exact_score_ties(seed, n_tokens, protected):
+    rng = np.random.default_rng(seed)
+    metric_channels = int(rng.integers(1, 4))  # few directions: many exactly equal scores
+    x, _, size = make_inputs(rng, 3, n_tokens, 4, metric_channels)
+    metric = one_hot_metric(rng, 3, n_tokens, metric_channels, signed=seed % 2 == 1)
+    for r in sorted({1, 2, (n_tokens - protected) // 4, (n_tokens - protected) // 2}):
+        assert_faces_agree(x, metric, size, r, protected)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_exact_score_ties_vit_sized(signed):
+    # ViT-B/16 at 224: 197 tokens with a CLS token; ties among ~98 A tokens in the ranking.
+    n_tokens, protected = 197, 1
+    rng = np.random.default_rng(197 + signed)
+    x, _, size = make_inputs(rng, 2, n_tokens, 4, 3)
+    metric = one_hot_metric(rng, 2, n_tokens, 3, signed=signed, zeros=True)
+    for r in (1, 13, 60, 98):
+        assert_faces_agree(x, metric, size, r, protected)
+
+
+def test_ties_break_to_first_maximum_and_lower_a_index():
+    # Every metric row is e_0: all scores are exactly 1. Each A token's match is the first B
+    # token, and the first r A tokens (lowest index) merge.
+    n_tokens, r = 8, 2
+    metric = np.zeros((1, n_tokens, 2), dtype=np.float32)
+    metric[..., 0] = 1
+    x = np.arange(n_tokens, dtype=np.float32).reshape(1, n_tokens, 1)
+    size = np.ones((1, n_tokens, 1), dtype=np.float32)
+    want_x, want_s = assert_faces_agree(x, metric, size, r, 0)
+    # A = tokens 0, 2, 4, 6; B = 1, 3, 5, 7; tokens 0 and 2 merge into 1.
+    np.testing.assert_allclose(want_x[0, :, 0], [1.0, 3, 4, 5, 6, 7])
+    np.testing.assert_allclose(want_s[0, :, 0], [3.0, 1, 1, 1, 1, 1])
+
+
+@pytest.mark.parametrize("identical_x", [False, True])
+@pytest.mark.parametrize("row", [[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0], [-2.0, 0.0, 0.0, 0.0]])
+def test_all_equal_tokens(row, identical_x):
+    n_tokens, protected = 12, 1
+    rng = np.random.default_rng(3)
+    x, _, size = make_inputs(rng, 2, n_tokens, 3, 4)
+    if identical_x:
+        x[:] = x[:, :1]
+    metric = np.broadcast_to(np.array(row, dtype=np.float32), (2, n_tokens, 4)).copy()
+    for r in range((n_tokens - protected) // 2 + 1):
+        want_x, _ = assert_faces_agree(x, metric, size, r, protected)
+        if identical_x:
+            np.testing.assert_allclose(want_x, x[:, : n_tokens - r], atol=ATOL)
+
+
+def test_all_equal_random_metric_rows():
+    # Identical rows whose normalisation is not exact: every score is the same float, still a tie.
+    n_tokens = 15
+    rng = np.random.default_rng(11)
+    x, metric, size = make_inputs(rng, 2, n_tokens, 3, 5)
+    metric[:] = metric[:, :1]
+    for r in range(n_tokens // 2 + 1):
+        assert_faces_agree(x, metric, size, r, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX model validity and opset retargeting
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("opset", [MIN_OPSET, OPSET, MAX_OPSET])
+def test_model_passes_full_check(opset):
+    onnx.checker.check_model(merge_model(3, 1, 4, 2, opset), full_check=True)
+
+
+@pytest.mark.parametrize("opset", [18, 23])
+def test_function_retargets(opset):
+    rng = np.random.default_rng(opset)
+    x, metric, size = make_inputs(rng, 2, 21, 4, 3)
+    fn = SPEC.onnx_function(opset)
+    assert [(e.domain, e.version) for e in fn.opset_import if e.domain in ("", "ai.onnx")] == [
+        ("", opset)
+    ]
+    onnx.checker.check_model(merge_model(5, 1, 4, 3, opset), full_check=True)
+    got = onnx_face(x, metric, size, 5, 1, opset=opset)
+    base = onnx_face(x, metric, size, 5, 1, opset=OPSET)
+    want = naive_bipartite_merge(x, metric, size, 5, 1)
+    for g, b, w in zip(got, base, want, strict=True):
+        np.testing.assert_allclose(g, b, rtol=0, atol=ATOL)
+        np.testing.assert_allclose(g, w, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("opset", [17, 24])
+def test_function_rejects_unsupported_opset(opset):
+    with pytest.raises(OpValidationError):
+        SPEC.onnx_function(opset)
+
+
+# --------------------------------------------------------------------------------------------
+# Spec validation
+# --------------------------------------------------------------------------------------------
+
+
+def test_validate_accepts_valid_attributes():
+    SPEC.validate({"r": 0, "protected": 0})
+    SPEC.validate({"r": 98, "protected": 1}, n_tokens=197)
+    SPEC.validate({"r": 0, "protected": 5}, n_tokens=5)
+
+
+@pytest.mark.parametrize(
+    ("attrs", "n_tokens"),
+    [
+        ({"r": -1, "protected": 1}, None),
+        ({"r": 1, "protected": -1}, None),
+        ({"r": 99, "protected": 1}, 197),  # max r is (197 - 1) // 2 = 98
+        ({"r": 3, "protected": 0}, 5),
+        ({"r": 0, "protected": 6}, 5),
+        ({"r": 1, "protected": 0, "ratio": 0.5}, None),
+        ({"r": True, "protected": 0}, None),
+        ({"r": 1, "protected": False}, None),
+        ({"r": 1.0, "protected": 0}, None),
+        ({"r": 1}, None),
+    ],
+)
+def test_validate_rejects(attrs, n_tokens):
+    with pytest.raises(OpValidationError):
+        SPEC.validate(attrs, n_tokens=n_tokens)
+
+
+def test_output_tokens():
+    assert SPEC.output_tokens(197, {"r": 13, "protected": 1}) == 184
+    assert SPEC.output_tokens(197, {"r": 0, "protected": 1}) == 197
+    assert SPEC.output_tokens(197, {"r": 98, "protected": 1}) == 99

@@ -1,0 +1,24 @@
+"""Zero-shot token-reduction methods, configured by data."""
+
+from __future__ import annotations
+
+from trimformer.methods import tome as _tome  # noqa: F401  (registers the method)
+from trimformer.methods.base import (
+    ConfigError,
+    Method,
+    MethodPlan,
+    ModelGeometry,
+    get_method,
+    parse_params,
+    registered_methods,
+)
+
+__all__ = [
+    "ConfigError",
+    "Method",
+    "MethodPlan",
+    "ModelGeometry",
+    "get_method",
+    "parse_params",
+    "registered_methods",
+]

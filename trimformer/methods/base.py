@@ -1,0 +1,125 @@
+"""Zero-shot reduction methods: a registry of recipes configured by data.
+
+A method turns its parameters (from a YAML profile or CLI flags) and a model's geometry into a
+``MethodPlan``: the static token count after every layer, the per-layer op attributes recorded in
+the manifest, and the reducer the adapter calls inside each block.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from trimformer.models.base import Reducer
+
+__all__ = [
+    "ConfigError",
+    "Method",
+    "MethodPlan",
+    "ModelGeometry",
+    "get_method",
+    "parse_params",
+    "register_method",
+    "registered_methods",
+]
+
+
+class ConfigError(ValueError):
+    """A reduction config names an unknown key, has a wrong type, or is out of range."""
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """What a method needs to know of a model to plan static token counts."""
+
+    num_layers: int
+    num_tokens: int
+    protected: int
+
+
+@dataclass(frozen=True)
+class MethodPlan:
+    """A method resolved for one model: static counts, manifest record, and the reducer."""
+
+    method: str
+    tokens_per_layer: tuple[int, ...]  # tokens leaving each block
+    layers: tuple[dict[str, Any], ...]  # op name + attributes per layer ({} = no reduction)
+    params: dict[str, Any]
+    reducer: Reducer
+
+    @property
+    def reduces(self) -> bool:
+        return any(self.layers)
+
+
+class Method(Protocol):
+    """A registered method: a name, a params dataclass, and a planner."""
+
+    name: str
+    params_type: type
+
+    def plan(self, params: Any, geometry: ModelGeometry) -> MethodPlan: ...
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register_method(factory: Callable[[], Method]) -> Callable[[], Method]:
+    """Class decorator: instantiate and register a method under its name."""
+    method = factory()
+    _METHODS[method.name] = method
+    return factory
+
+
+def registered_methods() -> dict[str, Method]:
+    return dict(_METHODS)
+
+
+def get_method(name: str) -> Method:
+    try:
+        return _METHODS[name]
+    except KeyError:
+        known = ", ".join(sorted([*_METHODS, "none"]))
+        raise ConfigError(f"unknown method {name!r}; choose one of: {known}") from None
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
+    if origin is tuple:
+        (item, _ellipsis) = typing.get_args(annotation)
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, item) for v in value)
+    if typing.get_origin(annotation) is typing.Literal:
+        return value in typing.get_args(annotation)
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def parse_params(method: str, params_type: type, raw: Mapping[str, Any]) -> Any:
+    """Build a method's frozen params dataclass from a mapping, naming any bad key and why."""
+    fields = {f.name: f for f in dataclasses.fields(params_type)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{method}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(fields)}"
+        )
+    hints = typing.get_type_hints(params_type)
+    for key, value in raw.items():
+        if not _type_ok(value, hints[key]):
+            expected = str(hints[key]).replace("typing.", "")
+            raise ConfigError(f"{method}: key {key!r} must be {expected}, got {value!r}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    try:
+        return params_type(**values)
+    except TypeError as exc:  # a required key is missing
+        raise ConfigError(f"{method}: {exc}") from None

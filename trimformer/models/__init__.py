@@ -1,0 +1,24 @@
+"""Model-family adapters and model loading."""
+
+from __future__ import annotations
+
+from trimformer.models import timm_vit as _timm_vit  # noqa: F401  (registers the adapter)
+from trimformer.models.base import (
+    AdapterError,
+    AttentionTaps,
+    ModelAdapter,
+    Reducer,
+    TokenState,
+    adapter_for,
+    registered_adapters,
+)
+
+__all__ = [
+    "AdapterError",
+    "AttentionTaps",
+    "ModelAdapter",
+    "Reducer",
+    "TokenState",
+    "adapter_for",
+    "registered_adapters",
+]

@@ -1,0 +1,107 @@
+"""What every model-family adapter provides, and the registry that picks one for a model.
+
+An adapter knows one family: where its blocks are, how many leading tokens are protected, how to
+read the attention keys, and how to add ToMe's proportional-attention bias. It inserts a method's
+reductions between each block's attention residual and its MLP, without copying the model's
+forward: the model keeps its own embedding, blocks' sub-modules, norm and head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+__all__ = [
+    "AdapterError",
+    "AttentionTaps",
+    "ModelAdapter",
+    "Reducer",
+    "TokenState",
+    "adapter_for",
+    "register_adapter",
+    "registered_adapters",
+]
+
+
+class AdapterError(ValueError):
+    """The model is not of a family an adapter supports, or uses a feature it cannot handle."""
+
+
+@dataclass(frozen=True)
+class AttentionTaps:
+    """What a block's attention exposes to a reduction: keys averaged over heads [B,N,Dh]."""
+
+    keys: torch.Tensor
+
+
+@dataclass(frozen=True)
+class TokenState:
+    """Per-forward token bookkeeping carried from block to block.
+
+    ``sizes`` [B,N,1] counts the original tokens each token stands for; None means all ones
+    (nothing merged yet), which lets the first blocks skip the proportional-attention bias.
+    """
+
+    sizes: torch.Tensor | None = None
+
+    def sizes_or_ones(self, x: torch.Tensor) -> torch.Tensor:
+        """The sizes, materialised as ones shaped like x[..., :1] when nothing merged yet."""
+        return self.sizes if self.sizes is not None else torch.ones_like(x[..., :1])
+
+
+class Reducer(Protocol):
+    """A method's per-forward reduction, called by the adapter between attention and MLP."""
+
+    proportional_attention: bool
+
+    def __call__(
+        self, layer: int, x: torch.Tensor, state: TokenState, taps: AttentionTaps
+    ) -> tuple[torch.Tensor, TokenState]: ...
+
+
+class ModelAdapter(Protocol):
+    """One model family (see the module docstring)."""
+
+    family: str
+
+    def matches(self, model: nn.Module) -> bool: ...
+
+    def num_layers(self, model: nn.Module) -> int: ...
+
+    def num_tokens(self, model: nn.Module) -> int: ...
+
+    def protected_tokens(self, model: nn.Module) -> int: ...
+
+    def insert(self, model: nn.Module, reducer: Reducer) -> nn.Module: ...
+
+    def export_patches(self, model: nn.Module) -> AbstractContextManager[nn.Module]: ...
+
+
+_ADAPTERS: list[ModelAdapter] = []
+
+
+def register_adapter(factory: Callable[[], ModelAdapter]) -> Callable[[], ModelAdapter]:
+    """Class decorator: instantiate and register an adapter."""
+    _ADAPTERS.append(factory())
+    return factory
+
+
+def registered_adapters() -> list[ModelAdapter]:
+    """All adapters, in registration order."""
+    return list(_ADAPTERS)
+
+
+def adapter_for(model: nn.Module) -> ModelAdapter:
+    """The adapter whose family the model belongs to, or AdapterError naming the supported ones."""
+    for adapter in _ADAPTERS:
+        if adapter.matches(model):
+            return adapter
+    families = ", ".join(a.family for a in _ADAPTERS)
+    raise AdapterError(
+        f"no adapter for {type(model).__name__}; supported model families: {families}"
+    )
