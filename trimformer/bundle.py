@@ -1,0 +1,171 @@
+"""The bundle: an export's directory of ONNX graphs, shared weights and a manifest.
+
+```
+BUNDLE/
+  model.onnx      the reduced graph; reductions are trimformer model-local functions
+  full.onnx       the un-reduced graph of the same weights (absent for --method none)
+  weights.bin     every initializer stored once, shared by both graphs (ONNX external data)
+  manifest.json   model, reduction, graphs (inputs, outputs, FLOPs), ops, tools, sha256 of files
+```
+Bundles are written to a temporary sibling directory and renamed into place, so a failed or
+interrupted export leaves nothing half-written, and an existing bundle is replaced only on request.
+Both the exporter (writing) and the runtime (reading, hash checks) use this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import onnx
+from onnx.external_data_helper import set_external_data
+
+from trimformer import __version__
+from trimformer.errors import RuntimeFailure, UsageError
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "WEIGHTS",
+    "read_manifest",
+    "sha256_file",
+    "write_bundle",
+]
+
+FORMAT = "trimformer-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.bin"
+_EXTERNAL_MIN_BYTES = 1024
+_ALIGN = 64
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _externalize(graphs: Mapping[str, onnx.ModelProto], weights_path: Path) -> None:
+    """Move large initializers of all graphs into one file, each distinct tensor stored once."""
+    offsets: dict[bytes, tuple[int, int]] = {}
+    with weights_path.open("wb") as out:
+        for model in graphs.values():
+            for tensor in model.graph.initializer:
+                raw = tensor.raw_data
+                if len(raw) < _EXTERNAL_MIN_BYTES:
+                    continue
+                key = hashlib.sha256(raw).digest()
+                if key not in offsets:
+                    out.write(b"\0" * (-out.tell() % _ALIGN))
+                    offsets[key] = (out.tell(), len(raw))
+                    out.write(raw)
+                offset, length = offsets[key]
+                set_external_data(tensor, location=WEIGHTS, offset=offset, length=length)
+                tensor.ClearField("raw_data")
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+
+
+def write_bundle(
+    dest: Path, graphs: Mapping[str, onnx.ModelProto], manifest: dict[str, Any], force: bool
+) -> None:
+    """Write graphs (name -> model) and the manifest to ``dest`` atomically.
+
+    The manifest gets the format fields and the sha256 of every file. An existing ``dest`` is an
+    error unless ``force``, in which case it is replaced by a rename (never left half-replaced).
+    """
+    dest = Path(dest)
+    if dest.exists() and not force:
+        raise UsageError(f"{dest} already exists; choose another -o folder or pass --force")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is an ordinary folder
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write to {dest.parent}: {exc.strerror}; choose a writable -o"
+        ) from None
+    try:
+        _externalize(graphs, tmp / WEIGHTS)
+        for name, model in graphs.items():
+            onnx.save_model(model, tmp / f"{name}.onnx")
+        files = {
+            p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(tmp.iterdir())
+        }
+        full = {"format": FORMAT, "format_version": FORMAT_VERSION, "trimformer": __version__}
+        full.update(manifest)
+        full["files"] = files
+        (tmp / MANIFEST).write_text(json.dumps(full, indent=2) + "\n")
+        _replace(tmp, dest)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeFailure(
+            f"writing the bundle failed ({exc}); nothing was written to {dest}"
+        ) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replace(tmp: Path, dest: Path) -> None:
+    if not dest.exists():
+        tmp.rename(dest)
+        return
+    old = dest.with_name(f".{dest.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _safe_member(bundle: Path, name: str) -> Path:
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or ".." in pure.parts or len(pure.parts) != 1:
+        raise UsageError(
+            f"{bundle}: manifest lists {name!r}, which is outside the bundle; re-export it"
+        )
+    return bundle / name
+
+
+def read_manifest(bundle: Path, check_hashes: bool = True) -> dict[str, Any]:
+    """Load and check a bundle's manifest: format, version, and every file's presence and sha256."""
+    bundle = Path(bundle)
+    path = bundle / MANIFEST
+    if not bundle.is_dir() or not path.is_file():
+        raise UsageError(
+            f"{bundle} is not a trimformer bundle (no {MANIFEST}); run trimformer export first"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} is not valid JSON ({exc}); re-export the bundle") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UsageError(f"{path} is not a trimformer manifest; re-export the bundle")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise UsageError(
+            f"{bundle} has bundle format {version!r}, newer than this trimformer reads "
+            f"({FORMAT_VERSION}); upgrade trimformer"
+        )
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise UsageError(f"{path} lists no files; re-export the bundle")
+    for name, entry in files.items():
+        member = _safe_member(bundle, name)
+        if not member.is_file():
+            raise UsageError(f"{bundle}: {name} is missing; re-export the bundle")
+        if check_hashes and sha256_file(member) != entry.get("sha256"):
+            raise UsageError(
+                f"{bundle}: {name} does not match its sha256 in the manifest (corrupt or "
+                "modified); re-export the bundle"
+            )
+    return manifest

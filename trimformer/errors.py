@@ -1,0 +1,23 @@
+"""Errors a user can act on: the CLI prints their message as one line, without a traceback."""
+
+from __future__ import annotations
+
+__all__ = ["RuntimeFailure", "TrimformerError", "UsageError"]
+
+
+class TrimformerError(Exception):
+    """Base class: the message names the problem and the fix."""
+
+    exit_code = 1
+
+
+class UsageError(TrimformerError):
+    """Bad input from the user (unknown model, bad flag value, not a bundle): exit code 2."""
+
+    exit_code = 2
+
+
+class RuntimeFailure(TrimformerError):
+    """Valid input that failed while running (export mismatch, write failure): exit code 1."""
+
+    exit_code = 1

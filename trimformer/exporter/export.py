@@ -1,0 +1,196 @@
+"""Export a model with a reduction method as a bundle: load, patch, trace, verify, write.
+
+One ``ExportRequest`` in, one bundle directory out (written atomically by trimformer.bundle).
+The bundle holds the reduced graph and, when a method reduces, the un-reduced graph of the same
+weights, so that ``bench --vs-full`` compares like with like without storing the weights twice.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from trimformer import __version__
+from trimformer.bundle import write_bundle
+from trimformer.errors import RuntimeFailure, UsageError
+from trimformer.exporter.flops import count_flops
+from trimformer.exporter.onnx_export import export_onnx
+from trimformer.methods import ConfigError, MethodPlan, ModelGeometry, get_method, parse_params
+from trimformer.models import AdapterError, adapter_for
+from trimformer.models.loading import LoadedModel, load_model
+from trimformer.ops import MAX_OPSET, MIN_OPSET, OpValidationError
+from trimformer.profiles import ReductionConfig
+
+__all__ = ["VERIFY_ATOL", "ExportRequest", "export_bundle"]
+
+VERIFY_ATOL = 1e-4
+INPUT_NAME = "pixel_values"
+OUTPUT_NAME = "logits"
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """Everything ``trimformer export`` needs, as one typed value."""
+
+    model: str
+    output: Path
+    reduction: ReductionConfig = field(default_factory=lambda: ReductionConfig("none"))
+    checkpoint: Path | None = None
+    pretrained: bool = False
+    batch: int | None = None  # None: dynamic batch dimension
+    image_size: int | None = None
+    opset: int = 20
+    verify: bool = True
+    force: bool = False
+    seed: int = 0
+
+
+Step = Callable[[str], None]
+
+
+def _plan(request: ExportRequest, loaded: LoadedModel) -> tuple[Any, MethodPlan | None]:
+    try:
+        adapter = adapter_for(loaded.model)
+        if request.reduction.method == "none":
+            if request.reduction.params:
+                raise ConfigError("method none takes no params; drop them or choose a method")
+            return adapter, None
+        method = get_method(request.reduction.method)
+        params = parse_params(method.name, method.params_type, request.reduction.params)
+        geometry = ModelGeometry(
+            adapter.num_layers(loaded.model),
+            adapter.num_tokens(loaded.model),
+            adapter.protected_tokens(loaded.model),
+        )
+        return adapter, method.plan(params, geometry)
+    except (ConfigError, AdapterError, OpValidationError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _max_abs_error(model: onnx.ModelProto, torch_model: nn.Module, x: torch.Tensor) -> float:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {INPUT_NAME: x.numpy()})
+    with torch.no_grad():
+        want = torch_model(x).numpy()
+    return float(np.abs(got - want).max())
+
+
+def _tensor_spec(value: onnx.ValueInfoProto) -> dict[str, Any]:
+    tensor = value.type.tensor_type
+    shape = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+    return {"name": value.name, "shape": shape, "dtype": dtype}
+
+
+def _tool_versions() -> dict[str, str]:
+    import onnxruntime
+    import onnxscript
+    import timm
+
+    return {
+        "trimformer": __version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "onnx": onnx.__version__,
+        "onnxscript": onnxscript.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _labels(num_classes: int) -> list[str] | None:
+    if num_classes != 1000:
+        return None
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i) for i in range(num_classes)]
+
+
+def export_bundle(request: ExportRequest, step: Step = lambda _: None) -> dict[str, Any]:
+    """Run the export; return the manifest written. Raises UsageError / RuntimeFailure."""
+    if not MIN_OPSET <= request.opset <= MAX_OPSET:
+        raise UsageError(f"--opset {request.opset} is not supported; use {MIN_OPSET}..{MAX_OPSET}")
+    if request.batch is not None and request.batch < 1:
+        raise UsageError(f"--batch must be >= 1, got {request.batch}")
+    if request.output.exists() and not request.force:
+        raise UsageError(f"{request.output} already exists; choose another -o folder or pass --force")
+    started = time.perf_counter()
+    step("load model")
+    loaded = load_model(request.model, request.checkpoint, request.pretrained, request.image_size)
+    adapter, plan = _plan(request, loaded)
+    model = loaded.model
+    reduced = adapter.insert(model, plan.reducer).eval() if plan and plan.reduces else model
+
+    torch.manual_seed(request.seed)
+    dynamic = request.batch is None
+    example = torch.randn(2 if dynamic else request.batch, *loaded.preprocess["input_size"])
+    variants = {"model": reduced} if reduced is model else {"model": reduced, "full": model}
+    graphs: dict[str, onnx.ModelProto] = {}
+    graph_info: dict[str, dict[str, Any]] = {}
+    errors: dict[str, float] = {}
+    ops: dict[str, int] = {}
+    for name, module in variants.items():
+        step(f"export {'reduced' if name == 'model' and plan else 'full'} graph")
+        with adapter.export_patches(module):
+            graph, used = export_onnx(
+                module, example, INPUT_NAME, OUTPUT_NAME, request.opset, dynamic
+            )
+        ops.update(used)
+        if request.verify:
+            step(f"verify {name}.onnx against torch")
+            errors[name] = _max_abs_error(graph, module, example)
+            if not errors[name] <= VERIFY_ATOL:
+                raise RuntimeFailure(
+                    f"{name}.onnx differs from the torch model by {errors[name]:.3g} "
+                    f"(> {VERIFY_ATOL:g}); nothing was written. Re-run with --no-verify to "
+                    "inspect it anyway"
+                )
+        graphs[name] = graph
+        graph_info[name] = {
+            "file": f"{name}.onnx",
+            "inputs": [_tensor_spec(v) for v in graph.graph.input],
+            "outputs": [_tensor_spec(v) for v in graph.graph.output],
+            "flops": count_flops(module, example),
+        }
+    num_tokens = adapter.num_tokens(model)
+    manifest = {
+        "model": {
+            "id": loaded.model_id,
+            "source": loaded.source,
+            "family": adapter.family,
+            "weights": loaded.weights,
+            "num_classes": int(model.num_classes),
+            "tokens": num_tokens,
+            "protected_tokens": adapter.protected_tokens(model),
+        },
+        "reduction": {
+            "method": plan.method if plan else "none",
+            "config": request.reduction.source,
+            "params": plan.params if plan else {},
+            "tokens_per_layer": list(plan.tokens_per_layer) if plan else [],
+            "layers": list(plan.layers) if plan else [],
+        },
+        "graphs": graph_info,
+        "opset": request.opset,
+        "ops": ops,
+        "preprocess": loaded.preprocess,
+        "labels": _labels(int(model.num_classes)),
+        "verify": {"atol": VERIFY_ATOL, "max_abs_error": errors} if request.verify else None,
+        "tools": _tool_versions(),
+        "export_seconds": round(time.perf_counter() - started, 1),
+    }
+    step("write bundle")
+    write_bundle(request.output, graphs, manifest, request.force)
+    return manifest
