@@ -20,10 +20,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any
-
-import onnx
-from onnx.external_data_helper import set_external_data
+from typing import TYPE_CHECKING, Any
 
 from trimformer import __version__
 from trimformer.errors import RuntimeFailure, UsageError
@@ -42,6 +39,9 @@ FORMAT = "trimformer-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.bin"
+if TYPE_CHECKING:
+    import onnx
+
 _EXTERNAL_MIN_BYTES = 1024
 _ALIGN = 64
 
@@ -56,6 +56,9 @@ def sha256_file(path: Path) -> str:
 
 def _externalize(graphs: Mapping[str, onnx.ModelProto], weights_path: Path) -> None:
     """Move large initializers of all graphs into one file, each distinct tensor stored once."""
+    import onnx  # only writers need onnx; the runtime reads bundles without it
+    from onnx.external_data_helper import set_external_data
+
     offsets: dict[bytes, tuple[int, int]] = {}
     with weights_path.open("wb") as out:
         for model in graphs.values():
@@ -82,6 +85,8 @@ def write_bundle(
     The manifest gets the format fields and the sha256 of every file. An existing ``dest`` is an
     error unless ``force``, in which case it is replaced by a rename (never left half-replaced).
     """
+    import onnx
+
     dest = Path(dest)
     if dest.exists() and not force:
         raise UsageError(f"{dest} already exists; choose another -o folder or pass --force")

@@ -125,7 +125,9 @@ def export_bundle(request: ExportRequest, step: Step = lambda _: None) -> dict[s
     if request.batch is not None and request.batch < 1:
         raise UsageError(f"--batch must be >= 1, got {request.batch}")
     if request.output.exists() and not request.force:
-        raise UsageError(f"{request.output} already exists; choose another -o folder or pass --force")
+        raise UsageError(
+            f"{request.output} already exists; choose another -o folder or pass --force"
+        )
     started = time.perf_counter()
     step("load model")
     loaded = load_model(request.model, request.checkpoint, request.pretrained, request.image_size)

@@ -33,7 +33,9 @@ def _schema(spec: OpSpec) -> defs.OpSchema:
         inputs=[defs.OpSchema.FormalParameter(n, "T") for n in spec.inputs],
         outputs=[defs.OpSchema.FormalParameter(n, "T") for n in spec.outputs],
         type_constraints=[("T", _FLOAT_TYPES, "floating-point tensors")],
-        attributes=[defs.OpSchema.Attribute(a.name, attr_type[a.kind], a.doc) for a in spec.attributes],
+        attributes=[
+            defs.OpSchema.Attribute(a.name, attr_type[a.kind], a.doc) for a in spec.attributes
+        ],
     )
 
 

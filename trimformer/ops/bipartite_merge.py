@@ -6,13 +6,14 @@ Spec (version 1)
            passed through untouched and never matched
   outputs  x_out [B,N-r,C], size_out [B,N-r,1]
 
-Semantics: the N-p unprotected tokens are split alternately into A (even offsets) and B (odd).
+Semantics: the N-p >= 2 unprotected tokens are split alternately into A (even offsets) and B (odd).
 Scores are cosine similarities A·Bᵀ of the L2-normalised metric (norm clamped at 1e-12). Each A
 token's best B match is the first maximum of its row; A tokens are ranked by that best score,
 descending, ties broken by the lower A index. The first r ranked A tokens are merged into their
 matches: a B token becomes sum(x·size)/sum(size) over itself and everything merged into it, its
-size the sum. The output holds the kept tokens (protected, unmerged A, every B) in their original
-order, so r = 0 is the identity. The count N-r is static; only which tokens merge depends on data.
+size the sum. Output layout (ToMe's): protected tokens, the unmerged A tokens in ascending order,
+then every B token in order; r = 0 therefore regroups A before B. The count N-r is static; only
+which tokens merge depends on the data. Methods skip layers with r = 0 rather than call the op.
 """
 
 from __future__ import annotations
@@ -47,9 +48,10 @@ def max_merge_r(n_tokens: int, protected: int) -> int:
 
 def _output_tokens(n_tokens: int, attrs: Mapping[str, Any]) -> int:
     r, protected = attrs["r"], attrs["protected"]
-    if protected > n_tokens:
+    if n_tokens - protected < 2:
         raise OpValidationError(
-            f"BipartiteMerge: protected={protected} exceeds the {n_tokens} tokens in the input"
+            f"BipartiteMerge: needs at least 2 unprotected tokens, got {n_tokens} tokens with "
+            f"{protected} protected; skip this layer instead"
         )
     limit = max_merge_r(n_tokens, protected)
     if r > limit:
@@ -61,23 +63,19 @@ def _output_tokens(n_tokens: int, attrs: Mapping[str, Any]) -> int:
 
 
 def _match(metric: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return (src_idx [B,r], dst_idx [B,r], unm_idx [B,NA-r]) over the A/B split."""
+    """Return (src_idx [B,r], dst_idx [B,r], unm_idx [B,NA-r] ascending) over the A/B split."""
     metric = metric / metric.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
     scores = metric[:, 0::2] @ metric[:, 1::2].transpose(1, 2)
     node_max = scores.amax(dim=-1)
     node_idx = scores.argmax(dim=-1)  # the first maximum, as ONNX ArgMax
     order = torch.sort(node_max, dim=-1, descending=True, stable=True).indices
-    src_idx = order[:, :r]
-    unm_idx = order[:, r:]
-    dst_idx = torch.gather(node_idx, 1, src_idx)
-    return src_idx, dst_idx, unm_idx
+    unm_idx = torch.sort(order[:, r:], dim=-1).values
+    return order[:, :r], torch.gather(node_idx, 1, order[:, :r]), unm_idx
 
 
-def _kept_in_order(unm_idx: torch.Tensor, n_a: int, n_b: int) -> torch.Tensor:
-    """Indices into cat(A, B) of the kept tokens (unmerged A, every B) in their original order."""
-    b_pos = torch.arange(n_b, device=unm_idx.device).mul(2).add(1).expand(unm_idx.shape[0], -1)
-    positions = torch.sort(torch.cat([unm_idx * 2, b_pos], dim=1), dim=1).values
-    return torch.where(positions % 2 == 0, positions // 2, n_a + positions // 2)
+def _rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """t[b, idx[b, k], :] for every batch item b."""
+    return torch.gather(t, 1, idx.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
 
 
 @torch.library.custom_op(f"{DOMAIN}::bipartite_merge", mutates_args=())
@@ -85,25 +83,17 @@ def bipartite_merge(
     x: torch.Tensor, metric: torch.Tensor, size: torch.Tensor, r: int, protected: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Torch reference face of BipartiteMerge (see the module docstring for the semantics)."""
-    if r == 0:
-        return x.clone(), size.clone()
     p = protected
     src_idx, dst_idx, unm_idx = _match(metric[:, p:], r)
-    xt, st = x[:, p:], size[:, p:]
-    xa, xb = xt[:, 0::2] * st[:, 0::2], xt[:, 1::2] * st[:, 1::2]
-    sa, sb = st[:, 0::2], st[:, 1::2]
-    channels = x.shape[-1]
-
-    def rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        return torch.gather(t, 1, idx.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
-
-    merged_x = xb.scatter_add(1, dst_idx.unsqueeze(-1).expand(-1, -1, channels), rows(xa, src_idx))
-    merged_s = sb.scatter_add(1, dst_idx.unsqueeze(-1), rows(sa, src_idx))
-    keep = _kept_in_order(unm_idx, sa.shape[1], sb.shape[1])
-    x_kept = rows(torch.cat([xt[:, 0::2], merged_x / merged_s], dim=1), keep)
-    s_kept = rows(torch.cat([sa, merged_s], dim=1), keep)
-    x_out = torch.cat([x[:, :p], x_kept], dim=1)
-    s_out = torch.cat([size[:, :p], s_kept], dim=1)
+    xa, xb = x[:, p::2], x[:, p + 1 :: 2]
+    sa, sb = size[:, p::2], size[:, p + 1 :: 2]
+    src_s = _rows(sa, src_idx)
+    merged_s = sb.scatter_add(1, dst_idx.unsqueeze(-1), src_s)
+    merged_x = (xb * sb).scatter_add(
+        1, dst_idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]), _rows(xa, src_idx) * src_s
+    )
+    x_out = torch.cat([x[:, :p], _rows(xa, unm_idx), merged_x / merged_s], dim=1)
+    s_out = torch.cat([size[:, :p], _rows(sa, unm_idx), merged_s], dim=1)
     return x_out, s_out
 
 
@@ -118,74 +108,52 @@ _domain = Opset(DOMAIN, 1)
 
 @script(_domain, default_opset=op)
 def _bipartite_merge_fn(x: FLOAT, metric: FLOAT, size: FLOAT, r: int, protected: int):
+    # Written for few nodes: at batch 1 a merge's cost is mostly per-node overhead.
     zero = op.Constant(value_ints=[0])
     one = op.Constant(value_ints=[1])
     two = op.Constant(value_ints=[2])
-    big = op.Constant(value_ints=[9223372036854775807])
-    axis1 = op.Constant(value_ints=[1])
+    last = op.Constant(value_ints=[-1])
+    end = op.Constant(value_ints=[9223372036854775807])
     p = op.Reshape(op.Constant(value_int=protected), one)
+    p1 = op.Add(p, one)
     rr = op.Reshape(op.Constant(value_int=r), one)
 
-    x_p = op.Slice(x, zero, p, axis1)
-    s_p = op.Slice(size, zero, p, axis1)
-    xt = op.Slice(x, p, big, axis1)
-    st = op.Slice(size, p, big, axis1)
-    mt = op.Slice(metric, p, big, axis1)
-
-    norm = op.Max(op.ReduceL2(mt, op.Constant(value_ints=[-1]), keepdims=1), 1e-12)
-    mt = op.Div(mt, norm)
-    ma = op.Slice(mt, zero, big, axis1, two)
-    mb = op.Slice(mt, one, big, axis1, two)
-    scores = op.MatMul(ma, op.Transpose(mb, perm=[0, 2, 1]))
-    # A -inf column keeps ArgMax defined when B is empty (one unprotected token, r = 0).
-    pad_shape = op.Concat(op.Shape(scores, start=0, end=2), one, axis=0)
-    scores = op.Concat(scores, op.Expand(op.Constant(value_float=float("-inf")), pad_shape), axis=2)
-    node_max = op.ReduceMax(scores, op.Constant(value_ints=[-1]), keepdims=0)
+    mt = op.Slice(metric, p, end, one)
+    mt = op.Div(mt, op.Max(op.ReduceL2(mt, last, keepdims=1), 1e-12))
+    scores = op.MatMul(
+        op.Slice(mt, zero, end, one, two),
+        op.Transpose(op.Slice(mt, one, end, one, two), perm=[0, 2, 1]),
+    )
+    node_max = op.ReduceMax(scores, last, keepdims=0)
     node_idx = op.ArgMax(scores, axis=-1, keepdims=0)
-
     n_a = op.Shape(node_max, start=1, end=2)
     _, order = op.TopK(node_max, n_a, axis=-1, largest=1, sorted=1)
-    src_idx = op.Slice(order, zero, rr, axis1)
-    unm_idx = op.Slice(order, rr, big, axis1)
+    src_idx = op.Slice(order, zero, rr, one)
+    unm_idx, _ = op.TopK(op.Slice(order, rr, end, one), op.Sub(n_a, rr), axis=-1, largest=0)
     dst_idx = op.GatherElements(node_idx, src_idx, axis=1)
 
-    xa = op.Slice(xt, zero, big, axis1, two)
-    xb = op.Slice(xt, one, big, axis1, two)
-    sa = op.Slice(st, zero, big, axis1, two)
-    sb = op.Slice(st, one, big, axis1, two)
-
-    n_b = op.Shape(sb, start=1, end=2)
-    # One-hot [B, NB, r] assignment of each merged A token to its destination B token:
-    # a MatMul instead of ScatterElements(reduction=add), which TensorRT runs as a slow plugin.
-    b_positions = op.Unsqueeze(op.Range(0, op.Squeeze(n_b), 1), op.Constant(value_ints=[-1]))
-    assign = op.Cast(op.Equal(op.Unsqueeze(dst_idx, one), b_positions), to=1)
-
-    src_rows = op.Unsqueeze(src_idx, op.Constant(value_ints=[-1]))
-    src_s = op.GatherElements(sa, src_rows, axis=1)
-    channels = op.Shape(xt, start=2, end=3)
-    src_shape = op.Concat(op.Shape(src_idx), channels, axis=0)
-    src_x = op.GatherElements(xa, op.Expand(src_rows, src_shape), axis=1)
-
-    merged_s = op.Add(sb, op.MatMul(assign, src_s))
-    merged_x = op.Div(op.Add(op.Mul(xb, sb), op.MatMul(assign, op.Mul(src_x, src_s))), merged_s)
-
-    # Kept tokens in their original order: A offset t = 2i sits at i in cat(A, B), and
-    # B offset t = 2j + 1 at NA + j.
-    b_offsets = op.Add(op.Mul(op.Range(0, op.Squeeze(n_b), 1), 2), 1)
-    b_offsets = op.Expand(op.Unsqueeze(b_offsets, zero), op.Shape(sb, start=0, end=2))
-    offsets = op.Concat(op.Mul(unm_idx, 2), b_offsets, axis=1)
-    offsets, _ = op.TopK(offsets, op.Shape(offsets, start=1, end=2), axis=-1, largest=0, sorted=1)
-    halves = op.Div(offsets, 2)
-    keep = op.Where(op.Equal(op.Mod(offsets, 2), 0), halves, op.Add(halves, n_a))
-    keep_rows = op.Unsqueeze(keep, op.Constant(value_ints=[-1]))
-    keep_shape = op.Concat(op.Shape(keep), channels, axis=0)
-    x_kept = op.GatherElements(
-        op.Concat(xa, merged_x, axis=1), op.Expand(keep_rows, keep_shape), axis=1
+    xa = op.Slice(x, p, end, one, two)
+    xb = op.Slice(x, p1, end, one, two)
+    sa = op.Slice(size, p, end, one, two)
+    sb = op.Slice(size, p1, end, one, two)
+    # One-hot [B,NB,r] assignment of merged A tokens to their B tokens: a MatMul instead of
+    # ScatterElements(reduction=add), which TensorRT runs as a slow, atomic plugin.
+    assign = op.OneHot(
+        dst_idx, op.Shape(sb, start=1, end=2), op.Constant(value_floats=[0.0, 1.0]), axis=1
     )
-    s_kept = op.GatherElements(op.Concat(sa, merged_s, axis=1), keep_rows, axis=1)
+    src_rows = op.Unsqueeze(src_idx, last)
+    src_s = op.GatherND(sa, src_rows, batch_dims=1)
+    src_x = op.Mul(op.GatherND(xa, src_rows, batch_dims=1), src_s)
+    merged_s = op.Add(sb, op.MatMul(assign, src_s))
+    merged_x = op.Div(op.Add(op.Mul(xb, sb), op.MatMul(assign, src_x)), merged_s)
 
-    x_out = op.Concat(x_p, x_kept, axis=1)
-    s_out = op.Concat(s_p, s_kept, axis=1)
+    unm_rows = op.Unsqueeze(unm_idx, last)
+    x_out = op.Concat(
+        op.Slice(x, zero, p, one), op.GatherND(xa, unm_rows, batch_dims=1), merged_x, axis=1
+    )
+    s_out = op.Concat(
+        op.Slice(size, zero, p, one), op.GatherND(sa, unm_rows, batch_dims=1), merged_s, axis=1
+    )
     return x_out, s_out
 
 

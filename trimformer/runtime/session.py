@@ -259,11 +259,9 @@ def _check_array(spec: TensorSpec, array: np.ndarray, dims: dict[str, tuple[str,
             f"convert it with .astype(np.{expected})"
         )
     if array.ndim != len(spec.shape):
-        hint = (
-            "add the batch dimension with x[None]"
-            if array.ndim == len(spec.shape) - 1
-            else (f"reshape it to {_shape_str(spec.shape)}")
-        )
+        hint = f"reshape it to {_shape_str(spec.shape)}"
+        if array.ndim == len(spec.shape) - 1:
+            hint = "add the batch dimension with x[None]"
         raise UsageError(
             f"input {spec.name!r} has rank {array.ndim} (shape {array.shape}), expected rank "
             f"{len(spec.shape)} {_shape_str(spec.shape)}; {hint}"

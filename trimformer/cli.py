@@ -1,0 +1,311 @@
+"""The ``trimformer`` command: a thin shell over the library (imports are lazy: --help is instant).
+
+Every failure a user can act on prints one line (problem and fix) and exits 2 for usage errors,
+1 for runtime failures; set TRIMFORMER_DEBUG=1 to see tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from trimformer.errors import TrimformerError, UsageError
+
+__all__ = ["cli", "main"]
+
+console = Console(stderr=True)
+out = Console()
+
+
+class _OneLineHandler(logging.Handler):
+    """Show library warnings as one dim line each on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "warning" if record.levelno >= logging.WARNING else "info"
+        console.print(f"[yellow]{level}:[/] {record.getMessage()}", highlight=False, soft_wrap=True)
+
+
+def _setup_logging() -> None:
+    logger = logging.getLogger("trimformer")
+    if not any(isinstance(h, _OneLineHandler) for h in logger.handlers):
+        logger.addHandler(_OneLineHandler())
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+
+
+def _parse_r(value: str | None) -> int | list[int] | None:
+    if value is None:
+        return None
+    try:
+        items = [int(v) for v in value.split(",")]
+    except ValueError:
+        raise UsageError(
+            f"--r {value!r}: give an integer (13) or per-layer integers (8,8,4)"
+        ) from None
+    return items[0] if len(items) == 1 else items
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="trimformer")
+def cli() -> None:
+    """Zero-shot token merging and pruning for transformers, exported to ONNX and benchmarked."""
+    _setup_logging()
+
+
+@cli.command()
+@click.argument("model")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), required=True, help="Bundle folder to write."
+)
+@click.option("--method", default=None, help="Reduction method: tome, or none for the plain model.")
+@click.option("--config", "config", default=None, help="Reduction profile name or YAML file.")
+@click.option(
+    "--r", "r", default=None, help="ToMe tokens merged per layer: 13, or per-layer 8,8,..."
+)
+@click.option(
+    "--schedule",
+    type=click.Choice(["constant", "decreasing"]),
+    default=None,
+    help="ToMe r schedule.",
+)
+@click.option("--batch", type=int, default=None, help="Fix the batch size (default: dynamic).")
+@click.option(
+    "--image-size", type=int, default=None, help="Input resolution (default: the model's)."
+)
+@click.option("--opset", type=int, default=20, show_default=True, help="ONNX opset.")
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Weights: .safetensors or a torch state dict.",
+)
+@click.option(
+    "--pretrained", is_flag=True, help="Download timm's pretrained weights (needs a network)."
+)
+@click.option(
+    "--verify/--no-verify",
+    default=True,
+    show_default=True,
+    help="Compare ONNX Runtime with torch (max abs error <= 1e-4).",
+)
+@click.option("--force", is_flag=True, help="Replace an existing bundle at --output.")
+def export(
+    model: str,
+    output: Path,
+    method: str | None,
+    config: str | None,
+    r: str | None,
+    schedule: str | None,
+    batch: int | None,
+    image_size: int | None,
+    opset: int,
+    checkpoint: Path | None,
+    pretrained: bool,
+    verify: bool,
+    force: bool,
+) -> None:
+    """Export MODEL (a timm name) with a token reduction as a bundle folder."""
+    from trimformer.exporter import ExportRequest, export_bundle
+    from trimformer.profiles import ReductionConfig, load_reduction_config
+
+    reduction = load_reduction_config(config) if config else ReductionConfig(method or "none")
+    if config and method and method != reduction.method:
+        raise UsageError(f"--method {method} contradicts {config}, which is {reduction.method}")
+    overrides: dict[str, Any] = {}
+    if (r_value := _parse_r(r)) is not None:
+        overrides["r"] = r_value
+    if schedule is not None:
+        overrides["schedule"] = schedule
+    if overrides and reduction.method == "none":
+        raise UsageError("--r/--schedule need a method; add --method tome")
+    reduction = ReductionConfig(
+        reduction.method, {**reduction.params, **overrides}, reduction.source, reduction.description
+    )
+    request = ExportRequest(
+        model=model,
+        output=output,
+        reduction=reduction,
+        checkpoint=checkpoint,
+        pretrained=pretrained,
+        batch=batch,
+        image_size=image_size,
+        opset=opset,
+        verify=verify,
+        force=force,
+    )
+    with console.status("exporting", spinner="dots") as status:
+        manifest = export_bundle(request, step=lambda s: status.update(f"[bold]{model}[/]: {s}"))
+    _print_export_summary(output, manifest)
+
+
+def _print_export_summary(output: Path, manifest: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    reduction = manifest["reduction"]
+    table = Table(title=f"{output}  ({manifest['model']['id']}, {reduction['method']})")
+    for column in ("graph", "tokens out", "GFLOPs", "max abs err vs torch"):
+        table.add_column(column, justify="right" if column != "graph" else "left")
+    errors = (manifest.get("verify") or {}).get("max_abs_error", {})
+    for name, graph in manifest["graphs"].items():
+        final = (
+            reduction["tokens_per_layer"][-1]
+            if name == "model" and reduction["layers"]
+            else manifest["model"]["tokens"]
+        )
+        err = f"{errors[name]:.2e}" if name in errors else "not verified"
+        table.add_row(graph["file"], str(final), f"{graph['flops'] / 1e9:.2f}", err)
+    out.print(table)
+    out.print(f"exported in {manifest['export_seconds']} s")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--vs-full", is_flag=True, help="Also time the un-reduced graph, interleaved.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads."
+)
+@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the figures as JSON.",
+)
+def bench(
+    bundle: Path,
+    vs_full: bool,
+    batch: int,
+    threads: int | None,
+    runs: int,
+    warmup: int,
+    json_path: Path | None,
+) -> None:
+    """Time a bundle on ONNX Runtime: p50/p90 latency, throughput, optionally vs the full model."""
+    from trimformer.runtime import benchmark
+    from trimformer.runtime.bench import render_table
+
+    result = benchmark(
+        bundle, batch=batch, threads=threads, runs=runs, warmup=warmup, vs_full=vs_full
+    )
+    out.print(render_table(result))
+    if json_path is not None:
+        _write_json(json_path, result.to_json())
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UsageError(
+            f"cannot write {path}: {exc.strerror}; choose a writable --json path"
+        ) from None
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True)
+def run(bundle: Path, images: tuple[Path, ...], top: int) -> None:
+    """Classify IMAGES with a bundle and print the top classes."""
+    import numpy as np
+    from rich.table import Table
+
+    from trimformer.runtime import load, load_image
+
+    with load(bundle) as session:
+        preprocess = session.manifest["preprocess"]
+        labels = session.manifest.get("labels")
+        batch = np.stack([load_image(path, preprocess) for path in images])
+        logits = next(iter(session.run(batch).values()))
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs = shifted / shifted.sum(axis=1, keepdims=True)
+    for path, row in zip(images, probs, strict=True):
+        table = Table(title=str(path))
+        table.add_column("class")
+        table.add_column("probability", justify="right")
+        for index in np.argsort(-row)[:top]:
+            name = labels[index] if labels else f"class {index}"
+            table.add_row(f"{index}: {name}", f"{row[index]:.3f}")
+        out.print(table)
+
+
+@cli.group()
+def profiles() -> None:
+    """Ready-made reduction configs."""
+
+
+@profiles.command("list")
+def profiles_list() -> None:
+    """List packaged reduction profiles."""
+    from rich.table import Table
+
+    from trimformer.profiles import list_reduction_profiles
+
+    table = Table(title="reduction profiles (use with export --config NAME)")
+    table.add_column("name")
+    table.add_column("description")
+    for name, description in list_reduction_profiles().items():
+        table.add_row(name, description)
+    out.print(table)
+
+
+@profiles.command("show")
+@click.argument("name")
+def profiles_show(name: str) -> None:
+    """Print a profile's YAML."""
+    import yaml
+
+    from trimformer.profiles import load_reduction_config
+
+    config = load_reduction_config(name)
+    out.print(
+        yaml.safe_dump(
+            {"description": config.description, "method": config.method, "params": config.params},
+            sort_keys=False,
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning library errors into one line and an exit code."""
+    try:
+        cli.main(args=argv, prog_name="trimformer", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        console.print("aborted")
+        sys.exit(130)
+    except TrimformerError as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if os.environ.get("TRIMFORMER_DEBUG"):
+            raise
+        console.print(
+            f"[red]internal error:[/] {type(exc).__name__}: {exc}; "
+            "rerun with TRIMFORMER_DEBUG=1 and report the traceback",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
