@@ -16,6 +16,15 @@ from trimformer.exporter.functions import attach_functions, translation_table
 __all__ = ["export_onnx"]
 
 
+def _summary(exc: BaseException) -> str:
+    """The line of torch's export error report that names the actual exception."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith("## Exception summary") and i + 1 < len(lines):
+            return lines[i + 1]
+    return lines[0] if lines else type(exc).__name__
+
+
 def export_onnx(
     module: nn.Module,
     example: torch.Tensor,
@@ -52,8 +61,9 @@ def export_onnx(
                 optimize=True,
             )
     except Exception as exc:
-        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise RuntimeFailure(f"torch could not export the model to ONNX: {first[:300]}") from exc
+        raise RuntimeFailure(
+            f"torch could not export the model to ONNX: {_summary(exc)[:300]}"
+        ) from exc
     model = program.model_proto
     if dynamic_batch:
         for value in (*model.graph.input, *model.graph.output):

@@ -116,5 +116,7 @@ def load_model(
         weights = "random"
         log.warning("%s: no weights given, using random weights (pass --checkpoint FILE)", model_id)
     config = timm.data.resolve_data_config({}, model=model)
+    if image_size is not None:  # the pretrained config still names the default resolution
+        config["input_size"] = (config["input_size"][0], image_size, image_size)
     preprocess = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
     return LoadedModel(model.eval(), model_id, "timm", weights, preprocess)
