@@ -21,7 +21,7 @@ from rich.table import Table
 from trimformer.errors import UsageError
 from trimformer.runtime.session import Provider, Session, TensorSpec, load
 
-__all__ = ["BenchResult", "benchmark", "render_table"]
+__all__ = ["BenchResult", "benchmark", "random_inputs", "render_table"]
 
 _SEED = 0
 _FULL_KEYS = frozenset(
@@ -73,7 +73,7 @@ class BenchResult:
         return data
 
 
-def _random_inputs(specs: Sequence[TensorSpec], batch: int) -> dict[str, np.ndarray]:
+def random_inputs(specs: Sequence[TensorSpec], batch: int) -> dict[str, np.ndarray]:
     """Inputs of the declared shapes, dynamic dims set to ``batch``: floats ~ N(0, 1), else 0."""
     rng = np.random.default_rng(_SEED)
     feed = {}
@@ -160,7 +160,7 @@ def benchmark(
         sessions.append(load(bundle, "full", providers=providers, threads=threads))
     try:
         flops = [_graph_flops(s, batch) for s in sessions]
-        feeds = [s.check_inputs(_random_inputs(s.inputs, batch)) for s in sessions]
+        feeds = [s.check_inputs(random_inputs(s.inputs, batch)) for s in sessions]
         times = _time_runs(sessions, feeds, runs, warmup, progress)
     finally:
         for session in sessions:

@@ -122,6 +122,7 @@ class Session:
         graph: str = "model",
         providers: Sequence[Provider] | None = None,
         threads: int | None = None,
+        profile_prefix: str | None = None,
     ) -> None:
         bundle = Path(bundle)
         self.manifest: dict[str, Any] = read_manifest(bundle)
@@ -141,13 +142,18 @@ class Session:
                 f"{bundle}: graph file {entry['file']!r} is not listed with a sha256 in the "
                 "manifest; re-export the bundle"
             )
-        session = self._open(_resolve_providers(providers), threads)
+        session = self._open(_resolve_providers(providers), threads, profile_prefix)
         self._check_against_graph(session)
         self.providers: tuple[str, ...] = tuple(session.get_providers())
         self._ort: ort.InferenceSession | None = session
 
-    def _open(self, providers: list[Provider], threads: int | None) -> ort.InferenceSession:
+    def _open(
+        self, providers: list[Provider], threads: int | None, profile_prefix: str | None
+    ) -> ort.InferenceSession:
         options = ort.SessionOptions()
+        if profile_prefix is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
         if threads is not None:
             if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
                 raise UsageError(f"threads must be a positive integer, got {threads!r}")
@@ -188,6 +194,12 @@ class Session:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def end_profiling(self) -> Path:
+        """Stop ONNX Runtime's profiler (session opened with profile_prefix); return its JSON."""
+        if self._ort is None:
+            raise UsageError("this Session is closed")
+        return Path(self._ort.end_profiling())
 
     def close(self) -> None:
         """Release the ONNX Runtime session; later calls to ``run`` are errors."""

@@ -1,0 +1,152 @@
+"""ToMe on ONNX Runtime (CPU): reduced vs full speed-up beside the FLOPs ratio; where time goes.
+
+For each model: export with ToMe (random weights: speed does not depend on them), time the
+reduced and full graphs interleaved at batch 1 and 8 (``trimformer bench --vs-full``), profile
+the reduction ops' share of kernel time, and time a *control*: the same per-layer token counts
+reached by slicing tokens off (no merge op, no size bias). reduced ≈ control means the merge
+costs nothing and any gap to the FLOPs ratio is the model's own fixed per-layer cost.
+
+    python benchmarks/tome_speedup.py [--models deit_small_patch16_224 vit_base_patch16_224]
+
+Writes benchmarks/results/tome_speedup.json and tome_speedup.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from trimformer.exporter import ExportRequest, export_bundle
+from trimformer.exporter.onnx_export import export_onnx
+from trimformer.methods import ModelGeometry, get_method, parse_params
+from trimformer.methods.tome import ToMeReducer
+from trimformer.models import adapter_for
+from trimformer.models.loading import load_model
+from trimformer.profiles import ReductionConfig
+from trimformer.runtime import benchmark
+from trimformer.runtime.op_profile import profile_ops
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceReducer(ToMeReducer):
+    """Control: remove r tokens by slicing, as cheap as a reduction can be."""
+
+    def __call__(self, layer, x, state, taps):
+        r = self.r_per_layer[layer]
+        return (x[:, : x.shape[1] - r], state) if r else (x, state)
+
+
+def control_session(model_id: str, r: int, threads: int | None) -> ort.InferenceSession:
+    loaded = load_model(model_id)
+    adapter = adapter_for(loaded.model)
+    geometry = ModelGeometry(
+        adapter.num_layers(loaded.model),
+        adapter.num_tokens(loaded.model),
+        adapter.protected_tokens(loaded.model),
+    )
+    method = get_method("tome")
+    plan = method.plan(parse_params("tome", method.params_type, {"r": r}), geometry)
+    reducer = SliceReducer(plan.reducer.r_per_layer, plan.reducer.protected, False)
+    module = adapter.insert(loaded.model, reducer).eval()
+    example = torch.randn(2, *loaded.preprocess["input_size"])
+    with adapter.export_patches(module):
+        graph, _ = export_onnx(module, example, "pixel_values", "logits", 20, dynamic_batch=True)
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(graph.SerializeToString(), options)
+
+
+def time_control(session: ort.InferenceSession, batch: int, runs: int) -> float:
+    x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+    for _ in range(3):
+        session.run(None, {"pixel_values": x})
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, {"pixel_values": x})
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def run(models: list[str], r: int, runs: int, threads: int | None, work: Path) -> list[dict]:
+    rows = []
+    for model_id in models:
+        bundle = work / f"{model_id}-tome-r{r}"
+        started = time.perf_counter()
+        export_bundle(
+            ExportRequest(model_id, bundle, ReductionConfig("tome", {"r": r}), force=True)
+        )
+        export_s = time.perf_counter() - started
+        control = control_session(model_id, r, threads)
+        for batch in (1, 8):
+            n = runs if batch == 1 else max(runs // 4, 5)
+            result = benchmark(bundle, batch=batch, threads=threads, runs=n, vs_full=True)
+            control_ms = time_control(control, batch, n)
+            ops = profile_ops(bundle, batch=batch, threads=threads, runs=5)
+            row = {
+                "model": model_id,
+                "r": r,
+                "batch": batch,
+                "export_s": round(export_s, 1),
+                **result.to_json(),
+                "control_slice_latency_ms_p50": control_ms,
+                "reduction_share": ops.reduction_share,
+                "speedup_over_flops_ratio": result.speedup / result.flops_ratio,
+            }
+            rows.append(row)
+            print(
+                f"{model_id} b{batch}: speed-up {result.speedup:.2f}x, FLOPs ratio "
+                f"{result.flops_ratio:.2f}x ({row['speedup_over_flops_ratio']:.2f} of it); "
+                f"reduced {result.latency_ms_p50:.1f} ms, slice control {control_ms:.1f} ms, "
+                f"full {result.full_latency_ms_p50:.1f} ms; merge share "
+                f"{100 * ops.reduction_share:.1f}%"
+            )
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['model'].split('_patch')[0]}\nbatch {r['batch']}" for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(1.8 * len(rows) + 2, 4))
+    ax.bar(x - 0.2, [r["flops_ratio"] for r in rows], 0.4, label="FLOPs ratio (full / reduced)")
+    ax.bar(x + 0.2, [r["speedup"] for r in rows], 0.4, label="measured speed-up (p50)")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("x faster than the full model")
+    ax.set_title(f"ToMe r={rows[0]['r']} on ONNX Runtime CPU, interleaved runs")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["deit_small_patch16_224"])
+    parser.add_argument("--r", type=int, default=13)
+    parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--work", type=Path, default=Path("out/benchmarks"))
+    args = parser.parse_args()
+    rows = run(args.models, args.r, args.runs, args.threads, args.work)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "tome_speedup.json").write_text(json.dumps(rows, indent=2) + "\n")
+    plot(rows, RESULTS / "tome_speedup.png")
+
+
+if __name__ == "__main__":
+    main()
