@@ -5,6 +5,8 @@ reduced and full graphs interleaved at batch 1 and 8 (``trimformer bench --vs-fu
 the reduction ops' share of kernel time, and time a *control*: the same per-layer token counts
 reached by slicing tokens off (no merge op, no size bias). reduced ≈ control means the merge
 costs nothing and any gap to the FLOPs ratio is the model's own fixed per-layer cost.
+The baseline is the same ToMe reduction as a PyTorch eager patch (trimformer's adapter run in
+eager torch: scatter_add merges, as ToMe's own timm patch does), timed on the same inputs.
 
     python benchmarks/tome_speedup.py [--models deit_small_patch16_224 vit_base_patch16_224]
 
@@ -45,7 +47,8 @@ class SliceReducer(ToMeReducer):
         return (x[:, : x.shape[1] - r], state) if r else (x, state)
 
 
-def control_session(model_id: str, r: int, threads: int | None) -> ort.InferenceSession:
+def tome_plan(model_id: str, r: int):
+    """The random-weight model, its adapter and ToMe plan, as the exporter builds them."""
     loaded = load_model(model_id)
     adapter = adapter_for(loaded.model)
     geometry = ModelGeometry(
@@ -54,7 +57,36 @@ def control_session(model_id: str, r: int, threads: int | None) -> ort.Inference
         adapter.protected_tokens(loaded.model),
     )
     method = get_method("tome")
-    plan = method.plan(parse_params("tome", method.params_type, {"r": r}), geometry)
+    return (
+        loaded,
+        adapter,
+        method.plan(parse_params("tome", method.params_type, {"r": r}), geometry),
+    )
+
+
+def eager_models(model_id: str, r: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(ToMe-patched, original) torch models in eval mode: the PyTorch eager baseline."""
+    loaded, adapter, plan = tome_plan(model_id, r)
+    return adapter.insert(loaded.model, plan.reducer).eval(), loaded.model
+
+
+def time_eager(model: torch.nn.Module, batch: int, runs: int) -> float:
+    x = torch.from_numpy(
+        np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+    )
+    with torch.inference_mode():
+        for _ in range(3):
+            model(x)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def control_session(model_id: str, r: int, threads: int | None) -> ort.InferenceSession:
+    loaded, adapter, plan = tome_plan(model_id, r)
     reducer = SliceReducer(plan.reducer.r_per_layer, plan.reducer.protected, False)
     module = adapter.insert(loaded.model, reducer).eval()
     example = torch.randn(2, *loaded.preprocess["input_size"])
@@ -88,10 +120,13 @@ def run(models: list[str], r: int, runs: int, threads: int | None, work: Path) -
         )
         export_s = time.perf_counter() - started
         control = control_session(model_id, r, threads)
+        eager_reduced, eager_full = eager_models(model_id, r)
         for batch in (1, 8):
             n = runs if batch == 1 else max(runs // 4, 5)
             result = benchmark(bundle, batch=batch, threads=threads, runs=n, vs_full=True)
             control_ms = time_control(control, batch, n)
+            eager_ms = time_eager(eager_reduced, batch, n)
+            eager_full_ms = time_eager(eager_full, batch, n)
             ops = profile_ops(bundle, batch=batch, threads=threads, runs=5)
             row = {
                 "model": model_id,
@@ -100,6 +135,9 @@ def run(models: list[str], r: int, runs: int, threads: int | None, work: Path) -
                 "export_s": round(export_s, 1),
                 **result.to_json(),
                 "control_slice_latency_ms_p50": control_ms,
+                "torch_eager_tome_latency_ms_p50": eager_ms,
+                "torch_eager_full_latency_ms_p50": eager_full_ms,
+                "ours_vs_torch_eager_tome": eager_ms / result.latency_ms_p50,
                 "reduction_share": ops.reduction_share,
                 "speedup_over_flops_ratio": result.speedup / result.flops_ratio,
             }
@@ -109,7 +147,9 @@ def run(models: list[str], r: int, runs: int, threads: int | None, work: Path) -
                 f"{result.flops_ratio:.2f}x ({row['speedup_over_flops_ratio']:.2f} of it); "
                 f"reduced {result.latency_ms_p50:.1f} ms, slice control {control_ms:.1f} ms, "
                 f"full {result.full_latency_ms_p50:.1f} ms; merge share "
-                f"{100 * ops.reduction_share:.1f}%"
+                f"{100 * ops.reduction_share:.1f}%; torch eager ToMe {eager_ms:.1f} ms "
+                f"({eager_ms / result.latency_ms_p50:.2f}x ours), "
+                f"torch eager full {eager_full_ms:.1f} ms"
             )
     return rows
 
@@ -139,9 +179,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["deit_small_patch16_224"])
     parser.add_argument("--r", type=int, default=13)
     parser.add_argument("--runs", type=int, default=40)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("out/benchmarks"))
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     rows = run(args.models, args.r, args.runs, args.threads, args.work)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "tome_speedup.json").write_text(json.dumps(rows, indent=2) + "\n")
