@@ -95,7 +95,36 @@ def naive_bipartite_merge(
     return x_out, s_out
 
 
-NAIVE_REFERENCES = {"BipartiteMerge": naive_bipartite_merge}
+def naive_topk_select(
+    x: np.ndarray, scores: np.ndarray, size: np.ndarray, k: int, protected: int, fuse: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """TopKSelect, one batch item and one token at a time, in float64."""
+    batch, n_tokens, channels = x.shape
+    x_rows, s_rows = [], []
+    for b in range(batch):
+        # Rank the unprotected tokens: highest score first, equal scores by the lower index.
+        ranked = sorted(range(protected, n_tokens), key=lambda t, b=b: (-float(scores[b, t]), t))
+        kept, dropped = sorted(ranked[:k]), ranked[k:]
+        out_x = [[float(v) for v in x[b, t]] for t in [*range(protected), *kept]]
+        out_s = [[float(size[b, t, 0])] for t in [*range(protected), *kept]]
+        if fuse:
+            fused = [0.0] * channels
+            fused_size = 0.0
+            for t in dropped:
+                for c in range(channels):
+                    fused[c] += float(scores[b, t]) * float(x[b, t, c])
+                fused_size += float(size[b, t, 0])
+            out_x.append(fused)
+            out_s.append([fused_size])
+        x_rows.append(out_x)
+        s_rows.append(out_s)
+    n_out = protected + k + fuse
+    x_out = np.array(x_rows, dtype=np.float64).reshape(batch, n_out, channels)
+    s_out = np.array(s_rows, dtype=np.float64).reshape(batch, n_out, 1)
+    return x_out, s_out
+
+
+NAIVE_REFERENCES = {"BipartiteMerge": naive_bipartite_merge, "TopKSelect": naive_topk_select}
 
 SPEC = get_op("BipartiteMerge")
 
@@ -118,50 +147,55 @@ def torch_face(x, metric, size, r, protected):
     return tuple(t.numpy() for t in outs)
 
 
-def merge_model(r: int, protected: int, channels: int, metric_channels: int, opset: int = OPSET):
+def op_model(name: str, attrs: dict, input_dims: dict[str, list], opset: int = OPSET):
+    """A one-node model calling op ``name``'s function; outputs are [B,M,C] and [B,M,1]."""
+    spec = get_op(name)
     node = helper.make_node(
-        "BipartiteMerge",
-        ["x", "metric", "size"],
-        ["x_out", "size_out"],
-        domain="trimformer",
-        r=r,
-        protected=protected,
+        spec.name, list(spec.inputs), list(spec.outputs), domain=spec.domain, **attrs
     )
+    x_out, size_out = spec.outputs
     graph = helper.make_graph(
         [node],
-        "bipartite_merge",
+        name,
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, input_dims[n]) for n in spec.inputs],
         [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "N", channels]),
-            helper.make_tensor_value_info("metric", TensorProto.FLOAT, ["B", "N", metric_channels]),
-            helper.make_tensor_value_info("size", TensorProto.FLOAT, ["B", "N", 1]),
-        ],
-        [
-            helper.make_tensor_value_info("x_out", TensorProto.FLOAT, ["B", "M", channels]),
-            helper.make_tensor_value_info("size_out", TensorProto.FLOAT, ["B", "M", 1]),
+            helper.make_tensor_value_info(
+                x_out, TensorProto.FLOAT, ["B", "M", input_dims["x"][-1]]
+            ),
+            helper.make_tensor_value_info(size_out, TensorProto.FLOAT, ["B", "M", 1]),
         ],
     )
     return helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("trimformer", 1)],
-        functions=[SPEC.onnx_function(opset)],
+        functions=[spec.onnx_function(opset)],
         ir_version=10,
     )
 
 
 @functools.cache
-def merge_session(r: int, protected: int, channels: int, metric_channels: int, opset: int = OPSET):
-    model = merge_model(r, protected, channels, metric_channels, opset)
+def session(model_bytes: bytes) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def run_function(name: str, attrs: dict, inputs: dict[str, np.ndarray], opset: int = OPSET):
+    """Run op ``name``'s ONNX function in onnxruntime on inputs shaped [B,N,...]."""
+    dims = {n: ["B", "N", *a.shape[2:]] for n, a in inputs.items()}
+    model = op_model(name, attrs, dims, opset)
+    return tuple(session(model.SerializeToString()).run(None, inputs))
+
+
+def merge_model(r: int, protected: int, channels: int, metric_channels: int, opset: int = OPSET):
+    dims = {"x": ["B", "N", channels], "metric": ["B", "N", metric_channels], "size": ["B", "N", 1]}
+    return op_model("BipartiteMerge", {"r": r, "protected": protected}, dims, opset)
 
 
 def onnx_face(x, metric, size, r, protected, opset: int = OPSET):
-    session = merge_session(r, protected, x.shape[-1], metric.shape[-1], opset)
-    return tuple(session.run(None, {"x": x, "metric": metric, "size": size}))
+    inputs = {"x": x, "metric": metric, "size": size}
+    return run_function("BipartiteMerge", {"r": r, "protected": protected}, inputs, opset)
 
 
 def assert_faces_agree(x, metric, size, r, protected):
@@ -441,3 +475,200 @@ def test_output_tokens():
     assert SPEC.output_tokens(197, {"r": 13, "protected": 1}) == 184
     assert SPEC.output_tokens(197, {"r": 0, "protected": 1}) == 197
     assert SPEC.output_tokens(197, {"r": 98, "protected": 1}) == 99
+
+
+# --------------------------------------------------------------------------------------------
+# TopKSelect
+# --------------------------------------------------------------------------------------------
+
+TOPK = get_op("TopKSelect")
+FUSED_RTOL = 1e-6
+
+
+def topk_faces_agree(x, scores, size, k, protected, fuse):
+    """TopKSelect: torch == ONNX (ORT) == naive, and the output count is the spec's static count."""
+    attrs = {"k": k, "protected": protected, "fuse": fuse}
+    TOPK.validate(attrs, x.shape[1])
+    n_out = TOPK.output_tokens(x.shape[1], attrs)
+    want_x, want_s = naive_topk_select(x, scores, size, k, protected, fuse)
+    torch_out = torch.ops.trimformer.topk_select(
+        torch.from_numpy(x), torch.from_numpy(scores), torch.from_numpy(size), k, protected, fuse
+    )
+    faces = {
+        "torch": tuple(t.numpy() for t in torch_out),
+        "onnx": run_function("TopKSelect", attrs, {"x": x, "scores": scores, "size": size}),
+    }
+    for face, (got_x, got_s) in faces.items():
+        assert got_x.shape == (x.shape[0], n_out, x.shape[2]), face
+        assert got_s.shape == (x.shape[0], n_out, 1), face
+        # The fused token sums up to N float32 terms: allow their rounding (rtol) on top of ATOL.
+        np.testing.assert_allclose(got_x, want_x, rtol=FUSED_RTOL, atol=ATOL, err_msg=f"{face} x")
+        np.testing.assert_allclose(got_s, want_s, rtol=FUSED_RTOL, atol=ATOL, err_msg=f"{face} s")
+    return want_x, want_s
+
+
+def make_scores(rng, batch, n_tokens, kind):
+    """normal; probs (softmax rows, as CLS attention); ties (few distinct values); equal."""
+    if kind == "normal":
+        return rng.standard_normal((batch, n_tokens)).astype(np.float32)
+    if kind == "probs":
+        logits = rng.standard_normal((batch, n_tokens)) * 2
+        return (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(np.float32)
+    if kind == "ties":
+        return (rng.integers(0, 3, (batch, n_tokens)) / 4).astype(np.float32)
+    return np.full((batch, n_tokens), 0.25, dtype=np.float32)
+
+
+@st.composite
+def topk_cases(draw):
+    batch = draw(st.integers(1, 3))
+    n_tokens = draw(st.integers(1, 40))
+    protected = draw(st.integers(0, min(3, n_tokens - 1)))
+    k = draw(st.integers(1, n_tokens - protected))
+    fuse = draw(st.integers(0, 1))
+    channels = draw(st.integers(1, 8))
+    kind = draw(st.sampled_from(["normal", "probs", "ties", "equal"]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    return batch, n_tokens, protected, k, fuse, channels, kind, seed
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(topk_cases())
+def test_topk_select_faces_agree(case):
+    batch, n_tokens, protected, k, fuse, channels, kind, seed = case
+    rng = np.random.default_rng(seed)
+    x, _, size = make_inputs(rng, batch, n_tokens, channels, 1)
+    topk_faces_agree(x, make_scores(rng, batch, n_tokens, kind), size, k, protected, fuse)
+
+
+@pytest.mark.parametrize("fuse", [0, 1])
+@pytest.mark.parametrize(("n_tokens", "protected"), [(1, 0), (5, 1), (17, 2), (197, 1)])
+def test_topk_keep_all(n_tokens, protected, fuse):
+    # k = N - p keeps every token in order; the fused token is then empty: zeros, size 0.
+    rng = np.random.default_rng(n_tokens)
+    x, _, size = make_inputs(rng, 2, n_tokens, 4, 1)
+    want_x, want_s = topk_faces_agree(
+        x, make_scores(rng, 2, n_tokens, "probs"), size, n_tokens - protected, protected, fuse
+    )
+    np.testing.assert_allclose(want_x[:, :n_tokens], x, atol=1e-6)
+    np.testing.assert_array_equal(want_s[:, :n_tokens], size)
+    if fuse:
+        np.testing.assert_array_equal(want_x[:, -1], 0)
+        np.testing.assert_array_equal(want_s[:, -1], 0)
+
+
+@pytest.mark.parametrize("fuse", [0, 1])
+@pytest.mark.parametrize(("n_tokens", "protected"), [(1, 0), (2, 1), (9, 0), (197, 1)])
+def test_topk_keep_one(n_tokens, protected, fuse):
+    rng = np.random.default_rng(10 + n_tokens)
+    x, _, size = make_inputs(rng, 3, n_tokens, 3, 1)
+    scores = make_scores(rng, 3, n_tokens, "normal")
+    want_x, want_s = topk_faces_agree(x, scores, size, 1, protected, fuse)
+    best = protected + scores[:, protected:].argmax(axis=1)
+    np.testing.assert_allclose(want_x[:, protected], x[np.arange(3), best], atol=1e-6)
+    if fuse:  # the mass of all unprotected sizes is conserved
+        np.testing.assert_allclose(
+            want_s[:, protected:].sum(axis=(1, 2)), size[:, protected:].sum(axis=(1, 2)), rtol=1e-6
+        )
+
+
+def test_topk_layout_and_fused_token():
+    # Protected tokens stay whatever their score; kept tokens keep their order; the fused token is
+    # the score-weighted sum of the dropped ones (not renormalised), its size their size sum.
+    x = np.arange(12, dtype=np.float32).reshape(1, 6, 2)
+    scores = np.array([[0.0, 0.1, 0.4, 0.05, 0.3, 0.15]], dtype=np.float32)
+    size = np.array([1, 1, 2, 3, 1, 4], dtype=np.float32).reshape(1, 6, 1)
+    want_x, want_s = topk_faces_agree(x, scores, size, 3, 1, 1)
+    # Unprotected 1..5 ranked: 2 (0.4), 4 (0.3), 5 (0.15), 1 (0.1), 3 (0.05).
+    fused = 0.1 * x[0, 1] + 0.05 * x[0, 3]
+    np.testing.assert_allclose(want_x[0], [x[0, 0], x[0, 2], x[0, 4], x[0, 5], fused], atol=1e-6)
+    np.testing.assert_allclose(want_s[0, :, 0], [1, 2, 1, 4, 4])
+
+
+@pytest.mark.parametrize("fuse", [0, 1])
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize(("n_tokens", "protected"), [(8, 0), (13, 1), (50, 2), (197, 1)])
+def test_topk_exact_score_ties(n_tokens, protected, seed, fuse):
+    rng = np.random.default_rng(seed)
+    x, _, size = make_inputs(rng, 3, n_tokens, 4, 1)
+    scores = make_scores(rng, 3, n_tokens, "ties")
+    m = n_tokens - protected
+    for k in sorted({1, 2, m // 3, m // 2, m - 1, m} - {0}):
+        topk_faces_agree(x, scores, size, k, protected, fuse)
+
+
+def test_topk_ties_keep_the_lower_index():
+    x = np.arange(8, dtype=np.float32).reshape(1, 8, 1)
+    scores = np.array([[9, 1, 2, 2, 1, 2, 1, 2]], dtype=np.float32)
+    size = np.ones((1, 8, 1), dtype=np.float32)
+    want_x, _ = topk_faces_agree(x, scores, size, 3, 1, 0)
+    np.testing.assert_array_equal(want_x[0, :, 0], [0, 2, 3, 5])
+    want_x, _ = topk_faces_agree(x, scores, size, 5, 1, 1)
+    np.testing.assert_array_equal(want_x[0, :, 0], [0, 1, 2, 3, 5, 7, 1 * 4 + 1 * 6])
+
+
+@pytest.mark.parametrize("fuse", [0, 1])
+@pytest.mark.parametrize("score", [0.0, 0.3, -1.0])
+def test_topk_all_equal_tokens(score, fuse):
+    # Identical tokens and scores: the first k unprotected tokens are kept.
+    n_tokens, protected = 12, 1
+    rng = np.random.default_rng(5)
+    x, _, size = make_inputs(rng, 2, n_tokens, 3, 1)
+    x[:] = x[:, :1]
+    scores = np.full((2, n_tokens), score, dtype=np.float32)
+    for k in range(1, n_tokens - protected + 1):
+        _, want_s = topk_faces_agree(x, scores, size, k, protected, fuse)
+        np.testing.assert_allclose(want_s[:, : protected + k], size[:, : protected + k])
+
+
+def test_topk_batch_items_select_different_tokens():
+    rng = np.random.default_rng(21)
+    x, _, size = make_inputs(rng, 2, 6, 3, 1)
+    scores = np.array([[0, 5, 4, 3, 2, 1], [0, 1, 2, 3, 4, 5]], dtype=np.float32)
+    want_x, want_s = topk_faces_agree(x, scores, size, 2, 1, 1)
+    np.testing.assert_allclose(want_x[0, :3], x[0, [0, 1, 2]], atol=1e-6)
+    np.testing.assert_allclose(want_x[1, :3], x[1, [0, 4, 5]], atol=1e-6)
+    np.testing.assert_allclose(want_s[0, 3, 0], size[0, 3:, 0].sum(), rtol=1e-6)
+    np.testing.assert_allclose(want_s[1, 3, 0], size[1, 1:4, 0].sum(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("fuse", [0, 1])
+@pytest.mark.parametrize("opset", [MIN_OPSET, OPSET, MAX_OPSET])
+def test_topk_model_passes_full_check_and_retargets(opset, fuse):
+    dims = {"x": ["B", "N", 4], "scores": ["B", "N"], "size": ["B", "N", 1]}
+    attrs = {"k": 5, "protected": 1, "fuse": fuse}
+    onnx.checker.check_model(op_model("TopKSelect", attrs, dims, opset), full_check=True)
+    rng = np.random.default_rng(opset)
+    x, _, size = make_inputs(rng, 2, 21, 4, 1)
+    scores = make_scores(rng, 2, 21, "probs")
+    got = run_function("TopKSelect", attrs, {"x": x, "scores": scores, "size": size}, opset)
+    want = naive_topk_select(x, scores, size, 5, 1, fuse)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize(
+    ("attrs", "n_tokens"),
+    [
+        ({"k": 0, "protected": 1, "fuse": 0}, None),
+        ({"k": 1, "protected": -1, "fuse": 0}, None),
+        ({"k": 1, "protected": 0, "fuse": 2}, None),
+        ({"k": 1, "protected": 0, "fuse": -1}, None),
+        ({"k": 197, "protected": 1, "fuse": 0}, 197),  # at most 196 unprotected tokens
+        ({"k": 1, "protected": 1, "fuse": 1}, 1),  # no unprotected token to keep
+        ({"k": 1, "protected": 0, "fuse": 0, "r": 1}, None),
+        ({"k": 1.0, "protected": 0, "fuse": 0}, None),
+        ({"k": 1, "protected": 0, "fuse": True}, None),
+        ({"k": 1, "protected": 0}, None),
+    ],
+)
+def test_topk_validate_rejects(attrs, n_tokens):
+    with pytest.raises(OpValidationError):
+        TOPK.validate(attrs, n_tokens=n_tokens)
+
+
+def test_topk_output_tokens():
+    TOPK.validate({"k": 196, "protected": 1, "fuse": 1}, n_tokens=197)
+    assert TOPK.output_tokens(197, {"k": 138, "protected": 1, "fuse": 1}) == 140
+    assert TOPK.output_tokens(197, {"k": 138, "protected": 1, "fuse": 0}) == 139
+    assert TOPK.output_tokens(197, {"k": 1, "protected": 1, "fuse": 0}) == 2

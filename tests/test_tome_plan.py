@@ -37,8 +37,8 @@ def test_decreasing_schedule_keeps_the_total_and_starts_at_2r():
 
 def test_clamping_never_merges_below_two_unprotected_tokens():
     p = plan(ModelGeometry(num_layers=4, num_tokens=10, protected=1), r=5)
-    assert p.params["r_per_layer"] == [4, 1, 1, 0]
-    assert p.tokens_per_layer == (6, 5, 4, 4)
+    assert p.params["r_per_layer"] == [4, 2, 1, 1]
+    assert p.tokens_per_layer == (6, 4, 3, 2)
 
 
 def test_r_zero_plans_no_reduction():

@@ -116,7 +116,8 @@ def parse_params(method: str, params_type: type, raw: Mapping[str, Any]) -> Any:
     hints = typing.get_type_hints(params_type)
     for key, value in raw.items():
         if not _type_ok(value, hints[key]):
-            expected = str(hints[key]).replace("typing.", "")
+            hint = hints[key]
+            expected = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
             raise ConfigError(f"{method}: key {key!r} must be {expected}, got {value!r}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
     try:

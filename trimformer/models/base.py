@@ -1,7 +1,8 @@
 """What every model-family adapter provides, and the registry that picks one for a model.
 
 An adapter knows one family: where its blocks are, how many leading tokens are protected, how to
-read the attention keys, and how to add ToMe's proportional-attention bias. It inserts a method's
+read each attention's queries and keys (from which taps recompute CLS attention and attention
+probabilities), and how to add ToMe's proportional-attention bias. It inserts a method's
 reductions between each block's attention residual and its MLP, without copying the model's
 forward: the model keeps its own embedding, blocks' sub-modules, norm and head.
 """
@@ -34,9 +35,37 @@ class AdapterError(ValueError):
 
 @dataclass(frozen=True)
 class AttentionTaps:
-    """What a block's attention exposes to a reduction: keys averaged over heads [B,N,Dh]."""
+    """What a block's attention exposes to a reduction, as the attention itself computed it.
 
-    keys: torch.Tensor
+    ``queries`` and ``head_keys`` [B,H,N,Dh] are taken after any q/k norm and before scaling;
+    ``scale`` and ``bias`` (additive logit bias broadcastable to [B,H,N,N], e.g. proportional
+    attention's log-sizes, or None) are those the attention used. Attention probabilities are
+    recomputed from them, so they are available whether the model ran a fused kernel or not.
+    """
+
+    queries: torch.Tensor
+    head_keys: torch.Tensor
+    scale: float
+    bias: torch.Tensor | None = None
+
+    @property
+    def keys(self) -> torch.Tensor:
+        """Keys averaged over heads [B,N,Dh] (ToMe's matching metric)."""
+        return self.head_keys.mean(dim=1)
+
+    def _probs(self, queries: torch.Tensor) -> torch.Tensor:
+        logits = (queries * self.scale) @ self.head_keys.transpose(-2, -1)
+        if self.bias is not None:
+            logits = logits + self.bias
+        return logits.softmax(dim=-1)
+
+    def attention_probs(self) -> torch.Tensor:
+        """The attention probabilities [B,H,N,N] (rows: queries, columns: keys)."""
+        return self._probs(self.queries)
+
+    def cls_attention(self) -> torch.Tensor:
+        """The first token's (CLS) row of the attention probabilities, mean over heads [B,N]."""
+        return self._probs(self.queries[:, :, :1]).mean(dim=1).squeeze(1)
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,10 @@
 The model keeps its own patch embedding, position embedding, final norm and head. Only
 ``model.blocks`` is replaced, by a Sequential over the *same* block modules (parameter names are
 unchanged) whose forward carries token sizes from block to block and calls the reducer between
-each block's attention residual and its MLP. Keys are read by wrapping each attention's
-``k_norm`` (an Identity unless the model has qk-norm), so timm's own attention code runs, fused
-(scaled_dot_product_attention) or plain; proportional attention is its additive ``attn_mask``.
+each block's attention residual and its MLP. Queries and keys are read by wrapping each
+attention's ``q_norm`` and ``k_norm`` (Identities unless the model has qk-norm), so timm's own
+attention code runs, fused (scaled_dot_product_attention) or plain; the attention probabilities a
+method needs are recomputed from them. Proportional attention is timm's additive ``attn_mask``.
 For export the fused path is switched to the plain one: torch's ONNX exporter mis-tracks the
 strides of scaled_dot_product_attention with a mask on timm's permuted q/k/v (torch 2.14), and
 both paths lower to the same MatMul/Softmax graph.
@@ -31,25 +32,25 @@ from trimformer.models.base import (
 __all__ = ["TimmViTAdapter"]
 
 
-class KeyTap(nn.Module):
-    """Wraps an attention's k_norm and keeps its output [B,H,N,Dh] for the current block."""
+class Tap(nn.Module):
+    """Wraps an attention's q_norm or k_norm and keeps its output [B,H,N,Dh] for the block."""
 
-    def __init__(self, k_norm: nn.Module) -> None:
+    def __init__(self, norm: nn.Module) -> None:
         super().__init__()
-        self.k_norm = k_norm
-        self._keys: torch.Tensor | None = None
+        self.norm = norm
+        self._value: torch.Tensor | None = None
 
-    def forward(self, k: torch.Tensor) -> torch.Tensor:
-        k = self.k_norm(k)
-        self._keys = k
-        return k
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        t = self.norm(t)
+        self._value = t
+        return t
 
     def take(self) -> torch.Tensor:
-        """Return the keys captured by the last attention call and forget them."""
-        keys, self._keys = self._keys, None
-        if keys is None:
-            raise RuntimeError("attention ran without computing keys")
-        return keys
+        """Return the tensor captured by the last attention call and forget it."""
+        value, self._value = self._value, None
+        if value is None:
+            raise RuntimeError("attention ran without computing queries and keys")
+        return value
 
 
 class ReducingBlocks(nn.Sequential):
@@ -59,7 +60,8 @@ class ReducingBlocks(nn.Sequential):
         super().__init__(*blocks)
         self.reducer = reducer
         for block in self:
-            block.attn.k_norm = KeyTap(block.attn.k_norm)
+            block.attn.q_norm = Tap(block.attn.q_norm)
+            block.attn.k_norm = Tap(block.attn.k_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         state = TokenState()
@@ -74,8 +76,9 @@ class ReducingBlocks(nn.Sequential):
         bias = None
         if self.reducer.proportional_attention and state.sizes is not None:
             bias = state.sizes.log().transpose(1, 2).unsqueeze(1)  # [B,1,1,N] added to logits
-        x = x + block.drop_path1(block.ls1(block.attn(block.norm1(x), attn_mask=bias)))
-        taps = AttentionTaps(keys=block.attn.k_norm.take().mean(dim=1))
+        attn = block.attn
+        x = x + block.drop_path1(block.ls1(attn(block.norm1(x), attn_mask=bias)))
+        taps = AttentionTaps(attn.q_norm.take(), attn.k_norm.take(), attn.scale, bias)
         x, state = self.reducer(layer, x, state, taps)
         x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
         return x, state

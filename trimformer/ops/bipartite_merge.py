@@ -27,6 +27,7 @@ from onnxscript import FLOAT, script
 from onnxscript import opset18 as op
 from onnxscript.values import Opset
 
+from trimformer.ops.common import gather_rows
 from trimformer.ops.registry import (
     DOMAIN,
     AttributeSpec,
@@ -73,11 +74,6 @@ def _match(metric: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor, to
     return order[:, :r], torch.gather(node_idx, 1, order[:, :r]), unm_idx
 
 
-def _rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """t[b, idx[b, k], :] for every batch item b."""
-    return torch.gather(t, 1, idx.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
-
-
 @torch.library.custom_op(f"{DOMAIN}::bipartite_merge", mutates_args=())
 def bipartite_merge(
     x: torch.Tensor, metric: torch.Tensor, size: torch.Tensor, r: int, protected: int
@@ -87,13 +83,13 @@ def bipartite_merge(
     src_idx, dst_idx, unm_idx = _match(metric[:, p:], r)
     xa, xb = x[:, p::2], x[:, p + 1 :: 2]
     sa, sb = size[:, p::2], size[:, p + 1 :: 2]
-    src_s = _rows(sa, src_idx)
+    src_s = gather_rows(sa, src_idx)
     merged_s = sb.scatter_add(1, dst_idx.unsqueeze(-1), src_s)
     merged_x = (xb * sb).scatter_add(
-        1, dst_idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]), _rows(xa, src_idx) * src_s
+        1, dst_idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]), gather_rows(xa, src_idx) * src_s
     )
-    x_out = torch.cat([x[:, :p], _rows(xa, unm_idx), merged_x / merged_s], dim=1)
-    s_out = torch.cat([size[:, :p], _rows(sa, unm_idx), merged_s], dim=1)
+    x_out = torch.cat([x[:, :p], gather_rows(xa, unm_idx), merged_x / merged_s], dim=1)
+    s_out = torch.cat([size[:, :p], gather_rows(sa, unm_idx), merged_s], dim=1)
     return x_out, s_out
 
 

@@ -41,9 +41,10 @@ class AttributeSpec:
     kind: type  # int or float
     doc: str
     minimum: float | None = None
+    maximum: float | None = None
 
     def check(self, op_name: str, value: Any) -> None:
-        """Raise OpValidationError when ``value`` has the wrong type or is below the minimum."""
+        """Raise OpValidationError when ``value`` has the wrong type or is outside its range."""
         if self.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
             raise OpValidationError(
                 f"{op_name}: attribute {self.name} must be an int, got {value!r}"
@@ -55,6 +56,10 @@ class AttributeSpec:
         if self.minimum is not None and value < self.minimum:
             raise OpValidationError(
                 f"{op_name}: attribute {self.name}={value} is below its minimum {self.minimum:g}"
+            )
+        if self.maximum is not None and value > self.maximum:
+            raise OpValidationError(
+                f"{op_name}: attribute {self.name}={value} is above its maximum {self.maximum:g}"
             )
 
 
