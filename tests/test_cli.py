@@ -58,6 +58,7 @@ def test_bench_vs_full_prints_a_table_and_writes_json(tome_bundle, tmp_path, cap
         "2",
         "--json",
         str(out_json),
+        "--profile-ops",
     )
     assert code == 0, err
     assert "speed-up" in out and "reduced" in out and "full" in out
@@ -73,6 +74,10 @@ def test_bench_vs_full_prints_a_table_and_writes_json(tome_bundle, tmp_path, cap
     ):
         assert figures[key] > 0, key
     assert figures["batch"] == 2
+    profile = figures["op_profile"]
+    assert set(profile["reduction_ms"]) == {"BipartiteMerge"}
+    assert 0 < profile["reduction_share"] < 1
+    assert "reduction ops:" in out
 
 
 def test_run_prints_top_classes(tome_bundle, tmp_path, capsys):
@@ -238,3 +243,19 @@ def test_console_script_help_is_fast_and_lazy():
         check=True,
     )
     assert "export" in result.stdout and "bench" in result.stdout
+
+
+def test_sample_application_classifies_a_folder(tome_bundle, tmp_path):
+    for name in ("a.png", "b.png", "c.png"):
+        photo(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not an image")
+    sample = Path(__file__).parent.parent / "samples" / "classify_folder.py"
+    result = subprocess.run(
+        [sys.executable, str(sample), str(tome_bundle), str(tmp_path), "--batch", "2"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [row[0] for row in rows] == ["a.png", "b.png", "c.png"]
+    assert all(0 < float(row[2]) <= 1 for row in rows)

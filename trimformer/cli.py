@@ -40,16 +40,18 @@ def _setup_logging() -> None:
     logger.propagate = False
 
 
-def _parse_r(value: str | None) -> int | list[int] | None:
+def _parse_ints(option: str, value: str | None, hint: str) -> list[int] | None:
     if value is None:
         return None
     try:
-        items = [int(v) for v in value.split(",")]
+        return [int(v) for v in value.split(",")]
     except ValueError:
-        raise UsageError(
-            f"--r {value!r}: give an integer (13) or per-layer integers (8,8,4)"
-        ) from None
-    return items[0] if len(items) == 1 else items
+        raise UsageError(f"{option} {value!r}: give {hint}") from None
+
+
+def _parse_r(value: str | None) -> int | list[int] | None:
+    items = _parse_ints("--r", value, "an integer (13) or per-layer integers (8,8,4)")
+    return items[0] if items is not None and len(items) == 1 else items
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -64,7 +66,9 @@ def cli() -> None:
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), required=True, help="Bundle folder to write."
 )
-@click.option("--method", default=None, help="Reduction method: tome, or none for the plain model.")
+@click.option(
+    "--method", default=None, help="Reduction method: tome, evit, or none for the plain model."
+)
 @click.option("--config", "config", default=None, help="Reduction profile name or YAML file.")
 @click.option(
     "--r", "r", default=None, help="ToMe tokens merged per layer: 13, or per-layer 8,8,..."
@@ -74,6 +78,10 @@ def cli() -> None:
     type=click.Choice(["constant", "decreasing"]),
     default=None,
     help="ToMe r schedule.",
+)
+@click.option("--keep", type=float, default=None, help="EViT share of tokens kept, in (0, 1].")
+@click.option(
+    "--layers", default=None, help="EViT reducing layers, zero-based: 3,6,9 (the paper's 4,7,10)."
 )
 @click.option("--batch", type=int, default=None, help="Fix the batch size (default: dynamic).")
 @click.option(
@@ -103,6 +111,8 @@ def export(
     config: str | None,
     r: str | None,
     schedule: str | None,
+    keep: float | None,
+    layers: str | None,
     batch: int | None,
     image_size: int | None,
     opset: int,
@@ -123,8 +133,14 @@ def export(
         overrides["r"] = r_value
     if schedule is not None:
         overrides["schedule"] = schedule
+    if keep is not None:
+        overrides["keep"] = keep
+    if (layer_list := _parse_ints("--layers", layers, "zero-based layers (3,6,9)")) is not None:
+        overrides["layers"] = layer_list
     if overrides and reduction.method == "none":
-        raise UsageError("--r/--schedule need a method; add --method tome")
+        raise UsageError(
+            "--r/--schedule/--keep/--layers need a method; add --method tome or --method evit"
+        )
     reduction = ReductionConfig(
         reduction.method, {**reduction.params, **overrides}, reduction.source, reduction.description
     )
@@ -181,6 +197,9 @@ def _print_export_summary(output: Path, manifest: dict[str, Any]) -> None:
     default=None,
     help="Write the figures as JSON.",
 )
+@click.option(
+    "--profile-ops", is_flag=True, help="Also profile the reduction ops' share of runtime."
+)
 def bench(
     bundle: Path,
     vs_full: bool,
@@ -189,6 +208,7 @@ def bench(
     runs: int,
     warmup: int,
     json_path: Path | None,
+    profile_ops: bool,
 ) -> None:
     """Time a bundle on ONNX Runtime: p50/p90 latency, throughput, optionally vs the full model."""
     from trimformer.runtime import benchmark
@@ -198,8 +218,19 @@ def bench(
         bundle, batch=batch, threads=threads, runs=runs, warmup=warmup, vs_full=vs_full
     )
     out.print(render_table(result))
+    figures = result.to_json()
+    if profile_ops:
+        from trimformer.runtime.op_profile import profile_ops as profile
+
+        ops = profile(bundle, batch=batch, threads=threads, runs=min(runs, 10))
+        spent = ", ".join(f"{op} {ms:.2f} ms" for op, ms in ops.reduction_ms.items()) or "none"
+        out.print(
+            f"reduction ops: {100 * ops.reduction_share:.1f}% of kernel time "
+            f"({spent} of {ops.total_ms:.2f} ms per run, ONNX Runtime profiler)"
+        )
+        figures["op_profile"] = ops.to_json()
     if json_path is not None:
-        _write_json(json_path, result.to_json())
+        _write_json(json_path, figures)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -278,6 +309,15 @@ def profiles_show(name: str) -> None:
             sort_keys=False,
         )
     )
+
+
+def _register_subcommands() -> None:
+    from trimformer.cli_passes import passes_command  # imports only click and errors
+
+    cli.add_command(passes_command)
+
+
+_register_subcommands()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,7 @@ makes the node a call to a model-local function that any ONNX runtime can inline
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -23,9 +24,39 @@ __all__ = ["attach_functions", "translation_table"]
 _FLOAT_TYPES = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
 
 
+def _infer(spec: OpSpec) -> Callable[[Any], None]:
+    """Shape inference for a call node: output ``<name>_out`` is input ``<name>`` with the
+    static output-token count on axis 1 (when the input's token count is known)."""
+    inputs = {name: i for i, name in enumerate(spec.inputs)}
+
+    def infer(ctx: Any) -> None:
+        attrs = {}
+        for a in spec.attributes:
+            proto = ctx.get_attribute(a.name)
+            if proto is not None:
+                attrs[a.name] = onnx.helper.get_attribute_value(proto)
+        for j, name in enumerate(spec.outputs):
+            source = ctx.get_input_type(inputs.get(name.removesuffix("_out"), 0))
+            if source is None:
+                continue
+            out = onnx.TypeProto()
+            out.CopyFrom(source)
+            dims = out.tensor_type.shape.dim
+            if len(dims) > 1:
+                dims[1].Clear()
+                n = source.tensor_type.shape.dim[1]
+                if n.HasField("dim_value") and len(attrs) == len(spec.attributes):
+                    # invalid attributes are reported by validation, not by inference
+                    with contextlib.suppress(ValueError):
+                        dims[1].dim_value = spec.output_tokens(n.dim_value, attrs)
+            ctx.set_output_type(j, out)
+
+    return infer
+
+
 def _schema(spec: OpSpec) -> defs.OpSchema:
     attr_type = {int: defs.OpSchema.AttrType.INT, float: defs.OpSchema.AttrType.FLOAT}
-    return defs.OpSchema(
+    schema = defs.OpSchema(
         spec.name,
         spec.domain,
         spec.version,
@@ -37,6 +68,8 @@ def _schema(spec: OpSpec) -> defs.OpSchema:
             defs.OpSchema.Attribute(a.name, attr_type[a.kind], a.doc) for a in spec.attributes
         ],
     )
+    schema.set_type_and_shape_inference_function(_infer(spec))
+    return schema
 
 
 def _translation(spec: OpSpec) -> Callable[..., Any]:
