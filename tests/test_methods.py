@@ -406,7 +406,7 @@ def test_cli_exports_evit_with_overrides(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--method", "tome", "--keep", "0.5"], "unknown key(s) keep"),
+        (["--method", "tome", "--keep", "0.5"], "unknown key(s) 'keep'"),
         (["--method", "evit", "--layers", "3,x"], "--layers '3,x'"),
         (["--keep", "0.5"], "need a method"),
         (["--method", "evit", "--keep", "0"], "'keep' must be in (0, 1]"),

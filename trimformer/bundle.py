@@ -165,6 +165,8 @@ def read_manifest(bundle: Path, check_hashes: bool = True) -> dict[str, Any]:
     if not isinstance(files, dict):
         raise UsageError(f"{path} lists no files; re-export the bundle")
     for name, entry in files.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise UsageError(f"{path}: entry {name!r} has no sha256; re-export the bundle")
         member = _safe_member(bundle, name)
         if not member.is_file():
             raise UsageError(f"{bundle}: {name} is missing; re-export the bundle")

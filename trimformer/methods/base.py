@@ -108,11 +108,9 @@ def _type_ok(value: Any, annotation: Any) -> bool:
 def parse_params(method: str, params_type: type, raw: Mapping[str, Any]) -> Any:
     """Build a method's frozen params dataclass from a mapping, naming any bad key and why."""
     fields = {f.name: f for f in dataclasses.fields(params_type)}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = ", ".join(sorted(map(repr, set(raw) - set(fields))))
     if unknown:
-        raise ConfigError(
-            f"{method}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(fields)}"
-        )
+        raise ConfigError(f"{method}: unknown key(s) {unknown}; known keys: {', '.join(fields)}")
     hints = typing.get_type_hints(params_type)
     for key, value in raw.items():
         if not _type_ok(value, hints[key]):

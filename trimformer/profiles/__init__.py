@@ -69,11 +69,10 @@ def load_reduction_config(name_or_path: str) -> ReductionConfig:
         raise UsageError(f"config {source} is not valid YAML{where}; fix the syntax") from None
     if not isinstance(data, dict):
         raise UsageError(f"config {source} must be a mapping with keys method and params")
-    unknown = sorted(set(data) - _TOP_KEYS)
+    unknown = ", ".join(sorted(map(repr, set(data) - _TOP_KEYS)))
     if unknown:
         raise UsageError(
-            f"config {source}: unknown key(s) {', '.join(map(str, unknown))}; "
-            f"allowed: {', '.join(sorted(_TOP_KEYS))}"
+            f"config {source}: unknown key(s) {unknown}; allowed: {', '.join(sorted(_TOP_KEYS))}"
         )
     method, params = data.get("method"), data.get("params", {}) or {}
     if not isinstance(method, str):
