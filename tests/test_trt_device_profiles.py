@@ -1,0 +1,109 @@
+"""Device profiles: every packaged profile loads; every bad key is refused by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trimformer.errors import UsageError
+from trimformer.profiles.device_profiles import (
+    BatchRange,
+    list_device_profiles,
+    load_device_profile,
+    parse_device_profile,
+)
+
+PACKAGED = (
+    "cpu-ort",
+    "jetson-orin-nano",
+    "jetson-orin-nx",
+    "jetson-agx-orin",
+    "desktop-rtx",
+    "datacenter-hopper",
+)
+TRT = {
+    "backend": "tensorrt",
+    "precision": "fp16",
+    "workspace_mib": 1024,
+    "batch": {"min": 1, "opt": 2, "max": 4},
+}
+
+
+def test_every_packaged_profile_loads():
+    assert set(PACKAGED) <= set(list_device_profiles())
+    for name in PACKAGED:
+        profile = load_device_profile(name)
+        assert profile.name == name and profile.description
+        assert profile.batch.min <= profile.batch.opt <= profile.batch.max
+        if profile.backend == "tensorrt":
+            assert profile.workspace_mib and profile.builder_optimization_level is not None
+            assert profile.providers == ()
+        else:
+            assert profile.workspace_mib is None and profile.providers
+
+
+def test_defaults_fill_optional_tensorrt_keys():
+    profile = parse_device_profile(TRT, "mine", "mine.yaml")
+    assert profile.builder_optimization_level == 3
+    assert profile.dla_core is None and profile.gpu_fallback
+    assert profile.batch == BatchRange(1, 2, 4)
+
+
+def test_a_users_file_loads_by_path(tmp_path: Path):
+    path = tmp_path / "orin-dla.yaml"
+    path.write_text(yaml.safe_dump({**TRT, "dla_core": 1}))
+    profile = load_device_profile(str(path))
+    assert profile.name == "orin-dla" and profile.dla_core == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"worksapce_mib": 1}, "key 'worksapce_mib' is not a key"),
+        ({"workspace_mib": "1G"}, "key 'workspace_mib' must be an integer"),
+        ({"workspace_mib": True}, "key 'workspace_mib' must be an integer"),
+        ({"workspace_mib": 8}, "key 'workspace_mib' must be in 16.."),
+        ({"builder_optimization_level": 6}, "key 'builder_optimization_level' must be in 0..5"),
+        ({"precision": "bf16"}, "key 'precision' must be one of fp32, fp16, int8"),
+        ({"backend": "openvino"}, "key 'backend' must be one of"),
+        ({"dla_core": 2}, "key 'dla_core' must be in 0..1"),
+        ({"dla_core": 0, "precision": "fp32"}, "key 'dla_core' needs precision fp16 or int8"),
+        ({"gpu_fallback": "yes"}, "key 'gpu_fallback' must be true or false"),
+        ({"providers": ["CPUExecutionProvider"]}, "key 'providers' applies only to backend"),
+        ({"batch": {"min": 4, "opt": 2, "max": 8}}, "key 'batch' must satisfy min <= opt <= max"),
+        ({"batch": {"min": 1, "opt": 1}}, "key 'batch.max' is missing"),
+        ({"batch": {"min": 1, "opt": 1, "max": 1, "step": 1}}, "key 'batch.step' is not a key"),
+        ({"batch": {"min": 0, "opt": 1, "max": 1}}, "key 'batch.min' must be in 1.."),
+        ({"batch": [1, 2, 4]}, "key 'batch' must be a mapping"),
+        ({"description": 3}, "key 'description' must be a string"),
+    ],
+)
+def test_bad_keys_are_refused_by_name(change, needle):
+    with pytest.raises(UsageError, match=r"device profile mine\.yaml: ") as info:
+        parse_device_profile({**TRT, **change}, "mine", "mine.yaml")
+    assert needle in str(info.value)
+
+
+def test_missing_required_keys_and_other_backends_keys():
+    data = {k: v for k, v in TRT.items() if k != "workspace_mib"}
+    with pytest.raises(
+        UsageError, match=r"'workspace_mib' is missing \(required for backend tensorrt"
+    ):
+        parse_device_profile(data, "x", "x")
+    ort = {"backend": "onnxruntime", "precision": "fp32", "batch": TRT["batch"]}
+    assert parse_device_profile(ort, "x", "x").providers == ("CPUExecutionProvider",)
+    with pytest.raises(UsageError, match="'dla_core' applies only to backend tensorrt"):
+        parse_device_profile({**ort, "dla_core": 0}, "x", "x")
+    with pytest.raises(UsageError, match="top level"):
+        parse_device_profile(["backend"], "x", "x")
+
+
+def test_unknown_names_and_bad_files_say_what_exists(tmp_path: Path):
+    with pytest.raises(UsageError, match=r"packaged: .*jetson-orin-nano"):
+        load_device_profile("jetson-xavier")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("backend: [tensorrt\n")
+    with pytest.raises(UsageError, match="is not valid YAML at line"):
+        load_device_profile(str(broken))

@@ -1,0 +1,56 @@
+"""``trimformer doctor``: a table of every component, the missing ones with a fix; exit 0."""
+
+from __future__ import annotations
+
+import pytest
+
+from trimformer.cli import main
+from trimformer.runtime import doctor
+from trimformer.runtime.doctor import Finding, diagnose
+
+COMPONENTS = (
+    "onnxruntime",
+    "onnxruntime CUDA EP",
+    "onnxruntime TensorRT EP",
+    "TensorRT (Python)",
+    "TensorRT Python plugins (QDP)",
+    "CUDA toolkit (nvcc)",
+    "NVIDIA GPU",
+    "plugin library",
+)
+
+
+def test_every_component_is_reported_and_missing_ones_say_how():
+    findings = {f.component: f for f in diagnose()}
+    assert set(COMPONENTS) <= set(findings)
+    for finding in findings.values():
+        assert finding.detail
+        assert finding.ok or finding.fix, finding
+
+
+def test_without_gpu_tools_or_tensorrt(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(doctor.shutil, "which", lambda name: None)
+    findings = {f.component: f for f in diagnose()}
+    assert not findings["CUDA toolkit (nvcc)"].ok
+    assert "install the CUDA toolkit" in findings["CUDA toolkit (nvcc)"].fix
+    if not findings["NVIDIA GPU"].ok:
+        assert "NVIDIA GPU and driver" in findings["NVIDIA GPU"].fix
+
+
+def test_a_failing_probe_becomes_a_finding(monkeypatch: pytest.MonkeyPatch):
+    def broken() -> Finding:
+        raise RuntimeError("driver crashed")
+
+    monkeypatch.setattr(doctor, "_PROBES", (broken,))
+    assert diagnose() == [Finding("broken", False, "probe failed: RuntimeError: driver crashed")]
+
+
+def test_cli_prints_the_table_and_exits_0(capsys):
+    try:
+        main(["doctor"])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr().out
+    assert code in (0, None)
+    assert "trimformer doctor" in out and "plugin library" in out and "usable" in out

@@ -1,0 +1,185 @@
+"""The Python (QDP) plugin form without TensorRT: signatures, shape math, and registration
+against a stand-in for ``tensorrt.plugin`` that checks the schemas TensorRT's validators check
+(inputs then attributes for ``register``; ``(inputs, attrs, outputs, stream)`` for ``impl``;
+``(inputs, outputs)`` for ``autotune``)."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import typing
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from trimformer import plugins_qdp
+from trimformer.errors import UsageError
+from trimformer.graph_passes.base import plugin_specs
+from trimformer.ops import get_op, registered_ops
+from trimformer.plugins_qdp import (
+    QdpShapeError,
+    descriptor_signature,
+    impl_signature,
+    output_dims,
+    output_token_count,
+    qdp_id,
+    register_qdp_plugins,
+)
+from trimformer.runtime import trt_env
+
+MERGE, SELECT = get_op("BipartiteMerge"), get_op("TopKSelect")
+
+
+def test_ids_signatures_and_shapes_are_derived_from_the_registry():
+    assert qdp_id(MERGE) == "trimformer::BipartiteMerge"
+
+    class Desc:
+        pass
+
+    signature = descriptor_signature(MERGE, Desc)
+    assert list(signature.parameters) == ["x", "metric", "size", "r", "protected"]
+    assert [p.annotation for p in signature.parameters.values()] == [Desc, Desc, Desc, int, int]
+    assert typing.get_origin(signature.return_annotation) is tuple
+    assert typing.get_args(signature.return_annotation) == (Desc, Desc)
+    assert str(impl_signature(SELECT)) == "(x, scores, size, k, protected, fuse, outputs, stream)"
+    attrs = {"r": 13, "protected": 1}
+    assert output_dims(MERGE, (None, 197, 384), attrs) == ((None, 184, 384), (None, 184, 1))
+    assert output_dims(SELECT, (8, 197, 64), {"k": 98, "protected": 1, "fuse": 1})[0] == (
+        8,
+        100,
+        64,
+    )
+
+
+@pytest.mark.parametrize(
+    ("dims", "attrs", "match"),
+    [
+        ((1, None, 8), {"r": 1, "protected": 1}, "must be static"),
+        ((1, 9, 8), {"r": 5, "protected": 1}, "exceeds the maximum 4"),
+        ((1, 9), {"r": 1, "protected": 1}, r"must be \[B,N,C\]"),
+    ],
+)
+def test_shape_errors_name_the_plugin(dims, attrs, match):
+    with pytest.raises(QdpShapeError, match=match) as info:
+        output_dims(MERGE, dims, attrs)
+    assert "trimformer::BipartiteMerge" in str(info.value)
+    assert output_token_count(MERGE, 9, {"r": 4, "protected": 1}) == 5
+
+
+# ------------------------------------------------------------------ a stand-in tensorrt.plugin
+
+
+class ShapeExpr:
+    def __init__(self, value: int | None) -> None:
+        self.value = value
+
+    @property
+    def is_constant(self) -> bool:
+        return self.value is not None
+
+    def constant_value(self) -> int:
+        assert self.value is not None
+        return self.value
+
+
+class ShapeExprs(list):
+    def __setitem__(self, index: Any, value: Any) -> None:
+        super().__setitem__(index, value if isinstance(value, ShapeExpr) else ShapeExpr(value))
+
+
+class TensorDesc:
+    def __init__(self, *dims: int | None) -> None:
+        self.shape_expr = ShapeExprs(ShapeExpr(d) for d in dims)
+
+    def like(self) -> TensorDesc:
+        return TensorDesc(*(e.value for e in self.shape_expr))
+
+    @property
+    def dims(self) -> tuple[int | None, ...]:
+        return tuple(e.value for e in self.shape_expr)
+
+
+def fake_trtp() -> SimpleNamespace:
+    plugins: dict[str, dict[str, Any]] = {}
+
+    def names(fn: Any) -> list[str]:
+        return list(inspect.signature(fn).parameters)
+
+    def register(plugin_id: str) -> Any:
+        def decorate(fn: Any) -> Any:
+            signature = inspect.signature(fn)
+            params = list(signature.parameters.values())
+            tensors = [p for p in params if p.annotation is TensorDesc]
+            assert params[: len(tensors)] == tensors, "tensors first, then attributes"
+            assert all(p.annotation in (int, float) for p in params[len(tensors) :])
+            assert typing.get_origin(signature.return_annotation) is tuple
+            plugins[plugin_id] = {"describe": fn, "inputs": [p.name for p in tensors]}
+            plugins[plugin_id]["attrs"] = [p.name for p in params[len(tensors) :]]
+            return fn
+
+        return decorate
+
+    def impl(plugin_id: str) -> Any:
+        def decorate(fn: Any) -> Any:
+            plugin = plugins[plugin_id]
+            assert names(fn) == [*plugin["inputs"], *plugin["attrs"], "outputs", "stream"]
+            plugin["impl"] = fn
+            return fn
+
+        return decorate
+
+    def autotune(plugin_id: str) -> Any:
+        def decorate(fn: Any) -> Any:
+            assert names(fn) == [*plugins[plugin_id]["inputs"], "outputs"]
+            plugins[plugin_id]["autotune"] = fn
+            return fn
+
+        return decorate
+
+    return SimpleNamespace(
+        register=register,
+        impl=impl,
+        autotune=autotune,
+        TensorDesc=TensorDesc,
+        AutoTuneCombination=lambda types, layouts: (types, layouts),
+        plugins=plugins,
+    )
+
+
+@pytest.fixture
+def trtp(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    fake = fake_trtp()
+    trt = SimpleNamespace(__version__="10.8.0.43", Builder=object, plugin=fake)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setitem(sys.modules, "tensorrt.plugin", fake)
+    monkeypatch.setattr(trt_env, "import_tensorrt", lambda: trt)
+    monkeypatch.setattr(plugins_qdp, "_registered", [])
+    return fake
+
+
+def test_every_op_registers_with_descriptor_impl_and_autotune(trtp):
+    ids = register_qdp_plugins()
+    assert ids == [qdp_id(spec) for spec in plugin_specs().values()]
+    assert len(ids) == len(registered_ops())
+    assert register_qdp_plugins() == ids  # once per process
+    for plugin in trtp.plugins.values():
+        assert {"describe", "impl", "autotune"} <= set(plugin)
+    merge = trtp.plugins["trimformer::BipartiteMerge"]
+    x_out, size_out = merge["describe"](
+        TensorDesc(None, 17, 8), TensorDesc(None, 17, 4), TensorDesc(None, 17, 1), 4, 1
+    )
+    assert x_out.dims == (None, 13, 8) and size_out.dims == (None, 13, 1)
+    types, layouts = merge["autotune"]()[0]
+    assert types == ", ".join(["FP32|FP16"] * 5) and layouts == "LINEAR"
+    with pytest.raises(QdpShapeError, match="must be static"):
+        merge["describe"](
+            TensorDesc(1, None, 8), TensorDesc(1, None, 4), TensorDesc(1, None, 1), 1, 1
+        )
+
+
+def test_old_tensorrt_has_no_qdp(trtp, monkeypatch):
+    old = SimpleNamespace(__version__="10.3.0.26", Builder=object)
+    monkeypatch.setattr(trt_env, "import_tensorrt", lambda: old)
+    with pytest.raises(UsageError, match=r"has no tensorrt.plugin \(needs 10.6\+\)"):
+        register_qdp_plugins()

@@ -1,0 +1,214 @@
+"""Device profiles: the packaged ``profiles/devices/*.yaml`` (or a user's file) and their loader.
+
+A device profile says how to deploy on one kind of device: the backend (``tensorrt`` engines or
+``onnxruntime``), the precision, and for TensorRT the workspace, builder optimisation level, DLA
+core (Jetson AGX Orin / Orin NX, with GPU fallback) and the batch range the engine's
+optimisation profile covers. Every key is checked before anything runs: an unknown key, a wrong
+type, an out-of-range value or a key of the other backend is a UsageError naming the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trimformer.errors import UsageError
+
+__all__ = [
+    "BACKENDS",
+    "PRECISIONS",
+    "BatchRange",
+    "DeviceProfile",
+    "list_device_profiles",
+    "load_device_profile",
+    "parse_device_profile",
+]
+
+BACKENDS = ("tensorrt", "onnxruntime")
+PRECISIONS = ("fp32", "fp16", "int8")
+_MAX_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class BatchRange:
+    """The batch sizes an engine accepts (min, max) and is tuned for (opt)."""
+
+    min: int
+    opt: int
+    max: int
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """A validated device profile. TensorRT-only fields are None for onnxruntime and vice versa."""
+
+    name: str
+    source: str
+    backend: str
+    precision: str
+    batch: BatchRange
+    description: str = ""
+    workspace_mib: int | None = None
+    builder_optimization_level: int | None = None
+    dla_core: int | None = None
+    gpu_fallback: bool = True
+    providers: tuple[str, ...] = ()
+    threads: int | None = None
+
+
+Check = Callable[[str, Any], Any]
+
+
+def _integer(minimum: int, maximum: int, optional: bool = False) -> Check:
+    def check(key: str, value: Any) -> Any:
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _KeyError(key, f"must be an integer, got {value!r}")
+        if not minimum <= value <= maximum:
+            raise _KeyError(key, f"must be in {minimum}..{maximum}, got {value}")
+        return value
+
+    return check
+
+
+def _choice(choices: tuple[str, ...]) -> Check:
+    def check(key: str, value: Any) -> Any:
+        if value not in choices:
+            raise _KeyError(key, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return check
+
+
+def _string(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _KeyError(key, f"must be a string, got {value!r}")
+    return value
+
+
+def _boolean(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _KeyError(key, f"must be true or false, got {value!r}")
+    return value
+
+
+def _strings(key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise _KeyError(key, f"must be a non-empty list of names, got {value!r}")
+    return tuple(value)
+
+
+def _batch(key: str, value: Any) -> BatchRange:
+    if not isinstance(value, dict):
+        raise _KeyError(key, f"must be a mapping with min, opt and max, got {value!r}")
+    unknown = sorted(set(map(str, value)) - {"min", "opt", "max"})
+    if unknown:
+        raise _KeyError(f"{key}.{unknown[0]}", "is not a key; batch takes min, opt and max")
+    sizes = {}
+    for part in ("min", "opt", "max"):
+        if part not in value:
+            raise _KeyError(f"{key}.{part}", "is missing")
+        sizes[part] = _integer(1, _MAX_BATCH)(f"{key}.{part}", value[part])
+    if not sizes["min"] <= sizes["opt"] <= sizes["max"]:
+        raise _KeyError(key, f"must satisfy min <= opt <= max, got {sizes}")
+    return BatchRange(**sizes)
+
+
+_ALL = frozenset(BACKENDS)
+_TRT = frozenset({"tensorrt"})
+_ORT = frozenset({"onnxruntime"})
+_REQUIRED = object()
+
+# key -> (check, the backends that accept it, default or _REQUIRED)
+_KEYS: dict[str, tuple[Check, frozenset[str], Any]] = {
+    "description": (_string, _ALL, ""),
+    "backend": (_choice(BACKENDS), _ALL, _REQUIRED),
+    "precision": (_choice(PRECISIONS), _ALL, _REQUIRED),
+    "batch": (_batch, _ALL, _REQUIRED),
+    "workspace_mib": (_integer(16, 1 << 20), _TRT, _REQUIRED),
+    "builder_optimization_level": (_integer(0, 5), _TRT, 3),
+    "dla_core": (_integer(0, 1, optional=True), _TRT, None),
+    "gpu_fallback": (_boolean, _TRT, True),
+    "providers": (_strings, _ORT, ("CPUExecutionProvider",)),
+    "threads": (_integer(1, 1024, optional=True), _ORT, None),
+}
+
+
+class _KeyError(Exception):
+    """A bad key, turned into a UsageError naming the profile by ``parse_device_profile``."""
+
+    def __init__(self, key: str, why: str) -> None:
+        super().__init__(f"key {key!r} {why}")
+
+
+def parse_device_profile(data: Any, name: str, source: str) -> DeviceProfile:
+    """Validate a device profile's parsed YAML; raise UsageError naming the bad key and why."""
+    try:
+        if not isinstance(data, dict):
+            raise _KeyError("(top level)", "must be a mapping of keys to values")
+        unknown = sorted(set(map(str, data)) - set(_KEYS))
+        if unknown:
+            raise _KeyError(unknown[0], f"is not a key; allowed: {', '.join(_KEYS)}")
+        backend = _KEYS["backend"][0]("backend", data.get("backend"))
+        values: dict[str, Any] = {}
+        for key, (check, backends, default) in _KEYS.items():
+            if key in data and backend not in backends:
+                other = ", ".join(sorted(backends))
+                raise _KeyError(key, f"applies only to backend {other}, not {backend}")
+            if key in data:
+                values[key] = check(key, data[key])
+            elif backend in backends and default is _REQUIRED:
+                raise _KeyError(key, f"is missing (required for backend {backend})")
+            elif backend in backends:
+                values[key] = default
+        if values.get("dla_core") is not None and values["precision"] == "fp32":
+            raise _KeyError("dla_core", "needs precision fp16 or int8 (DLA has no FP32)")
+    except _KeyError as exc:
+        raise UsageError(f"device profile {source}: {exc}") from None
+    return DeviceProfile(name=name, source=source, **values)
+
+
+def _devices_dir() -> Any:
+    return resources.files(__package__).joinpath("devices")
+
+
+def list_device_profiles() -> dict[str, str]:
+    """Packaged device profiles: name -> description."""
+    profiles = {}
+    for entry in sorted(_devices_dir().iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            data = yaml.safe_load(entry.read_text()) or {}
+            profiles[entry.name.removesuffix(".yaml")] = str(data.get("description", ""))
+    return profiles
+
+
+def load_device_profile(name_or_path: str | Path) -> DeviceProfile:
+    """Load a packaged device profile by name, or a user's YAML file by path, and validate it."""
+    packaged = _devices_dir().joinpath(f"{name_or_path}.yaml")
+    if packaged.is_file():
+        text, name, source = packaged.read_text(), str(name_or_path), str(name_or_path)
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            known = ", ".join(list_device_profiles())
+            raise UsageError(
+                f"no device profile or file named {str(name_or_path)!r}; packaged: {known}"
+            )
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read device profile {path}: {exc}") from None
+        name, source = path.stem, str(path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UsageError(f"device profile {source} is not valid YAML{where}") from None
+    return parse_device_profile(data, name, source)

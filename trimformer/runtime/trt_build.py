@@ -1,0 +1,468 @@
+"""Build TensorRT engines for a bundle from a device profile, and record them in the bundle.
+
+Two halves, so that everything but the TensorRT calls is tested without libnvinfer:
+
+- ``build_settings`` translates a device profile (plus CLI overrides) and the TensorRT version
+  into a ``BuildSettings``: which graph passes run first (``fp16`` on the ONNX side for
+  TensorRT 11, which has no weak typing), which builder flags are set (``FP16``/``INT8`` on
+  TensorRT 10, ``GPU_FALLBACK`` with a DLA core), workspace, optimisation level, batch range.
+- ``build_engine`` applies them with the TensorRT Python API (Builder, OnnxParser, builder
+  config, optimisation profile, timing cache), loads the plugin library (or registers the
+  Python QDP form when no library is built), and writes ``engines/<profile>.plan`` and its
+  ``.json`` record (TensorRT version, GPU, compute capability, settings) atomically.
+
+The manifest lists engines under ``engines`` (profile -> plan and record, each with its sha256),
+beside ``files``: ``bundle.read_manifest`` accepts only top-level names in ``files``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from trimformer import __version__
+from trimformer.bundle import MANIFEST, read_manifest, sha256_file
+from trimformer.errors import RuntimeFailure, UsageError
+from trimformer.profiles.device_profiles import BatchRange, DeviceProfile
+from trimformer.runtime.session import TensorSpec
+from trimformer.runtime.trt_env import GpuIdentity, TrtVersion
+
+if TYPE_CHECKING:
+    import onnx
+    import tensorrt
+
+    from trimformer.graph_passes import PassResult
+
+__all__ = [
+    "ENGINE_FORMAT",
+    "BuildResult",
+    "BuildSettings",
+    "EngineFiles",
+    "add_engine_to_manifest",
+    "build_engine",
+    "build_settings",
+    "check_engine_compatible",
+    "configure_builder",
+    "engine_files",
+    "engine_record",
+    "has_quantize_nodes",
+    "input_shapes",
+    "load_plugins",
+    "read_engine_record",
+    "require_tensorrt_profile",
+    "write_engine",
+]
+
+ENGINE_FORMAT = "trimformer-engine"
+_MIB = 1 << 20
+
+Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """Everything a build decides before TensorRT runs, as plain values (recorded in the .json)."""
+
+    profile: str
+    tensorrt: str
+    precision: str
+    strongly_typed: bool
+    onnx_passes: tuple[str, ...]
+    network_flags: tuple[str, ...]
+    builder_flags: tuple[str, ...]
+    workspace_bytes: int
+    optimization_level: int
+    dla_core: int | None
+    batch: BatchRange
+    requires_qdq: bool = False
+    timing_cache: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["onnx_passes"] = list(self.onnx_passes)
+        data["network_flags"] = list(self.network_flags)
+        data["builder_flags"] = list(self.builder_flags)
+        return data
+
+
+def require_tensorrt_profile(profile: DeviceProfile) -> None:
+    """Refuse a profile of another backend (cpu-ort) before anything is loaded."""
+    if profile.backend != "tensorrt":
+        raise UsageError(
+            f"device profile {profile.name} is for backend {profile.backend}; trimformer build "
+            "makes TensorRT engines: choose a tensorrt profile (trimformer build --help lists them)"
+        )
+
+
+def build_settings(
+    profile: DeviceProfile,
+    version: TrtVersion,
+    precision: str | None = None,
+    timing_cache: Path | None = None,
+) -> BuildSettings:
+    """Translate a device profile for TensorRT ``version``; ``precision`` overrides the profile's.
+
+    TensorRT 10 is weakly typed: FP16/INT8 are builder flags. TensorRT 11 is always strongly
+    typed: FP16 is the ``fp16`` graph pass, and INT8 comes only from Q/DQ nodes in the model.
+    """
+    require_tensorrt_profile(profile)
+    if version.major < 10:
+        raise UsageError(
+            f"TensorRT {version} is too old: the plugins are IPluginV3, which needs TensorRT 10+"
+        )
+    precision = precision or profile.precision
+    if precision not in ("fp32", "fp16", "int8"):
+        raise UsageError(f"precision {precision!r} is not one of fp32, fp16, int8")
+    if profile.dla_core is not None and precision == "fp32":
+        raise UsageError(
+            f"device profile {profile.name} uses DLA core {profile.dla_core}, which has no FP32: "
+            "use --precision fp16 or a profile without dla_core"
+        )
+    strongly_typed = version.strongly_typed_only
+    passes = ["cleanup"]
+    flags: list[str] = []
+    if strongly_typed and precision == "fp16":
+        passes.append("fp16")
+    elif not strongly_typed and precision == "fp16":
+        flags.append("FP16")
+    elif not strongly_typed and precision == "int8":
+        flags += ["INT8", "FP16"]
+    if profile.dla_core is not None and profile.gpu_fallback:
+        flags.append("GPU_FALLBACK")
+    passes += ["to-plugins", "lint"]
+    if profile.workspace_mib is None or profile.builder_optimization_level is None:
+        raise UsageError(f"device profile {profile.name} lacks workspace_mib or its level")
+    return BuildSettings(
+        profile=profile.name,
+        tensorrt=str(version),
+        precision=precision,
+        strongly_typed=strongly_typed,
+        onnx_passes=tuple(passes),
+        network_flags=(),
+        builder_flags=tuple(flags),
+        workspace_bytes=profile.workspace_mib * _MIB,
+        optimization_level=profile.builder_optimization_level,
+        dla_core=profile.dla_core,
+        batch=profile.batch,
+        requires_qdq=precision == "int8",
+        timing_cache=str(timing_cache) if timing_cache is not None else None,
+    )
+
+
+def input_shapes(inputs: Sequence[TensorSpec], batch: BatchRange) -> Shapes:
+    """(min, opt, max) shapes per input: a dynamic first dim takes the batch range, static dims
+    stay; any other dynamic dim is an error (the engine would need a range nobody gave)."""
+    shapes: Shapes = {}
+    for spec in inputs:
+        low: list[int] = []
+        opt: list[int] = []
+        high: list[int] = []
+        for axis, dim in enumerate(spec.shape):
+            if isinstance(dim, int):
+                sizes = (dim, dim, dim)
+            elif axis == 0:
+                sizes = (batch.min, batch.opt, batch.max)
+            else:
+                raise UsageError(
+                    f"input {spec.name!r} has dynamic dim {axis} ({dim!r}); only the batch dim may "
+                    "be dynamic for an engine: re-export with a fixed image size"
+                )
+            low.append(sizes[0])
+            opt.append(sizes[1])
+            high.append(sizes[2])
+        shapes[spec.name] = (tuple(low), tuple(opt), tuple(high))
+    return shapes
+
+
+def has_quantize_nodes(model: onnx.ModelProto) -> bool:
+    """Whether the graph carries explicit quantization (QuantizeLinear/DequantizeLinear)."""
+    from trimformer.graph_passes.base import iter_node_scopes
+
+    return any(
+        node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.domain in ("", "ai.onnx")
+        for nodes, _ in iter_node_scopes(model)
+        for node in nodes
+    )
+
+
+@dataclass(frozen=True)
+class EngineFiles:
+    """Where a profile's engine and its record live inside a bundle."""
+
+    plan: str
+    record: str
+
+    def paths(self, bundle: Path) -> tuple[Path, Path]:
+        return bundle / self.plan, bundle / self.record
+
+
+def engine_files(profile: str) -> EngineFiles:
+    """``engines/<profile>.plan`` and ``engines/<profile>.json`` (bundle-relative)."""
+    if not profile or "/" in profile or profile.startswith("."):
+        raise UsageError(f"{profile!r} cannot name an engine file; use a plain profile name")
+    return EngineFiles(f"engines/{profile}.plan", f"engines/{profile}.json")
+
+
+def engine_record(
+    settings: BuildSettings,
+    gpu: GpuIdentity,
+    graph: Mapping[str, Any],
+    plugin_source: str,
+    power_mode: str | None = None,
+) -> dict[str, Any]:
+    """The .json written beside a plan: what the runtime checks before loading it."""
+    return {
+        "format": ENGINE_FORMAT,
+        "profile": settings.profile,
+        "plan": engine_files(settings.profile).plan,
+        "tensorrt": settings.tensorrt,
+        "gpu": gpu.name,
+        "compute_capability": gpu.compute_capability,
+        "power_mode": power_mode,
+        "plugins": plugin_source,
+        "settings": settings.to_json(),
+        "inputs": list(graph["inputs"]),
+        "outputs": list(graph["outputs"]),
+        "trimformer": __version__,
+        "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def check_engine_compatible(
+    record: Mapping[str, Any], version: TrtVersion, gpu: GpuIdentity, where: str
+) -> None:
+    """Refuse an engine built for another TensorRT version or GPU, naming both in one line."""
+    built_version = TrtVersion.parse(str(record.get("tensorrt", "0.0")))
+    same_gpu = (
+        record.get("gpu") == gpu.name and record.get("compute_capability") == gpu.compute_capability
+    )
+    if built_version == version and same_gpu:
+        return
+    raise UsageError(
+        f"{where} was built with TensorRT {built_version} for {record.get('gpu')} (compute "
+        f"{record.get('compute_capability')}), but this machine has TensorRT {version} and "
+        f"{gpu.name} (compute {gpu.compute_capability}); rebuild it here with "
+        f"trimformer build BUNDLE --device {record.get('profile', 'PROFILE')}"
+    )
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary sibling and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def add_engine_to_manifest(bundle: Path, profile: str) -> dict[str, Any]:
+    """Record ``engines/<profile>.plan`` and ``.json`` (sha256, bytes) in the manifest's
+    ``engines`` and rewrite manifest.json atomically; every other manifest entry is kept."""
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    entry = {}
+    for kind, relative in asdict(engine_files(profile)).items():
+        path = bundle / relative
+        entry[kind] = {"path": relative, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    engines = manifest.setdefault("engines", {})
+    engines[profile] = entry
+    _write_atomic(bundle / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    return manifest
+
+
+def write_engine(bundle: Path, plan: bytes, record: Mapping[str, Any]) -> EngineFiles:
+    """Write a plan and its record into the bundle (each atomically), then the manifest."""
+    files = engine_files(str(record["profile"]))
+    plan_path, record_path = files.paths(bundle)
+    try:
+        _write_atomic(plan_path, plan)
+        _write_atomic(record_path, (json.dumps(record, indent=2) + "\n").encode())
+        add_engine_to_manifest(bundle, str(record["profile"]))
+    except OSError as exc:
+        raise RuntimeFailure(f"writing the engine into {bundle} failed: {exc}") from None
+    return files
+
+
+def read_engine_record(
+    bundle: Path, manifest: Mapping[str, Any], profile: str
+) -> tuple[Path, dict[str, Any]]:
+    """The plan path and record of ``profile``'s engine, after checking both files' sha256."""
+    entry = (manifest.get("engines") or {}).get(profile)
+    built = ", ".join(manifest.get("engines") or {}) or "none"
+    if not isinstance(entry, dict):
+        raise UsageError(
+            f"{bundle} has no engine for {profile!r} (built: {built}); run trimformer build "
+            f"{bundle} --device {profile}"
+        )
+    paths = engine_files(profile).paths(bundle)
+    for kind, path in zip(("plan", "record"), paths, strict=True):
+        if not path.is_file():
+            raise UsageError(f"{path} is missing; run trimformer build {bundle} --device {profile}")
+        if sha256_file(path) != entry.get(kind, {}).get("sha256"):
+            raise UsageError(
+                f"{path} does not match its sha256 in the manifest (corrupt or modified); run "
+                f"trimformer build {bundle} --device {profile}"
+            )
+    try:
+        record = json.loads(paths[1].read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{paths[1]} is not valid JSON ({exc}); rebuild the engine") from None
+    if not isinstance(record, dict) or record.get("format") != ENGINE_FORMAT:
+        raise UsageError(f"{paths[1]} is not a trimformer engine record; rebuild the engine")
+    return paths[0], record
+
+
+# --------------------------------------------------------------------------------------------
+# The TensorRT calls
+# --------------------------------------------------------------------------------------------
+
+
+def configure_builder(
+    trt: ModuleType,
+    builder: tensorrt.Builder,
+    config: tensorrt.IBuilderConfig,
+    settings: BuildSettings,
+    shapes: Shapes,
+) -> None:
+    """Apply ``settings`` to a TensorRT builder config (flags, pool, level, DLA, profile)."""
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_bytes)
+    config.builder_optimization_level = settings.optimization_level
+    for flag in settings.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    if settings.dla_core is not None:
+        available = builder.num_DLA_cores
+        if settings.dla_core >= available:
+            raise UsageError(
+                f"device profile {settings.profile} asks for DLA core {settings.dla_core}, but "
+                f"this device has {available}; set dla_core: null"
+            )
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = settings.dla_core
+    profile = builder.create_optimization_profile()
+    for name, (low, opt, high) in shapes.items():
+        profile.set_shape(name, trt.Dims(list(low)), trt.Dims(list(opt)), trt.Dims(list(high)))
+    config.add_optimization_profile(profile)
+
+
+def _network_flags(trt: ModuleType, settings: BuildSettings) -> int:
+    bits = 0
+    for flag in settings.network_flags:
+        bits |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, flag))
+    return bits
+
+
+def _parse(
+    trt: ModuleType,
+    network: tensorrt.INetworkDefinition,
+    logger: tensorrt.ILogger,
+    model: onnx.ModelProto,
+) -> None:
+    """Parse ``model`` into ``network`` from a file, so weights over 2 GiB can stay external."""
+    import onnx
+
+    parser: tensorrt.OnnxParser = trt.OnnxParser(network, logger)
+    with tempfile.TemporaryDirectory(prefix="trimformer-build-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save_model(model, path, save_as_external_data=True, location="weights.bin")
+        if parser.parse_from_file(str(path)):
+            return
+        errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
+    raise RuntimeFailure(
+        f"TensorRT's ONNX parser refused the model: {'; '.join(errors) or 'no reason given'}"
+    )
+
+
+def load_plugins(trt: ModuleType, registry: tensorrt.IPluginRegistry, library: Path | None) -> str:
+    """Load the plugin library into ``registry``; without one, register the Python QDP form.
+
+    Returns what provides the plugins: "library" or "qdp" (recorded, so a runtime does the same).
+    """
+    from trimformer.runtime.trt_env import find_plugin_library
+
+    try:
+        path = find_plugin_library(library)
+    except UsageError:
+        if library is not None or not TrtVersion.parse(trt.__version__).has_qdp:
+            raise
+        from trimformer.plugins_qdp import register_qdp_plugins
+
+        register_qdp_plugins()
+        return "qdp"
+    registry.load_library(str(path))
+    return "library"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """A built engine: its files in the bundle, its record, and what the graph passes did."""
+
+    files: EngineFiles
+    record: dict[str, Any]
+    passes: list[PassResult] = field(default_factory=list)
+
+
+def build_engine(
+    bundle: Path,
+    profile: DeviceProfile,
+    precision: str | None = None,
+    timing_cache: Path | None = None,
+    plugin_library: Path | None = None,
+) -> BuildResult:
+    """Build the bundle's model graph into ``engines/<profile>.plan`` for this machine's GPU."""
+    import onnx
+
+    from trimformer.graph_passes import run_passes
+    from trimformer.runtime.trt_env import gpu_identity, import_tensorrt, jetson_power_mode
+
+    require_tensorrt_profile(profile)
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    trt = import_tensorrt()
+    settings = build_settings(profile, TrtVersion.parse(trt.__version__), precision, timing_cache)
+    graph = manifest["graphs"]["model"]
+    inputs = [TensorSpec.from_manifest(e) for e in graph["inputs"]]
+    shapes = input_shapes(inputs, settings.batch)
+    model, results = run_passes(onnx.load(bundle / graph["file"]), settings.onnx_passes)
+    if settings.requires_qdq and not has_quantize_nodes(model):
+        raise UsageError(
+            "precision int8 needs a Q/DQ-quantized model (explicit quantization); trimformer "
+            "does not calibrate: quantize model.onnx first (e.g. TensorRT Model Optimizer) or "
+            "use --precision fp16"
+        )
+    gpu = gpu_identity()
+
+    logger: tensorrt.ILogger = trt.Logger(trt.Logger.WARNING)
+    builder: tensorrt.Builder = trt.Builder(logger)
+    plugin_source = load_plugins(trt, builder.get_plugin_registry(), plugin_library)
+    network = builder.create_network(_network_flags(trt, settings))
+    _parse(trt, network, logger, model)
+    config = builder.create_builder_config()
+    configure_builder(trt, builder, config, settings, shapes)
+    cache_path = Path(timing_cache) if timing_cache is not None else None
+    cache_bytes = (
+        cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else b""
+    )
+    config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise RuntimeFailure(
+            f"TensorRT could not build an engine for {profile.name}; rerun with "
+            "TRIMFORMER_DEBUG=1 and read TensorRT's log above"
+        )
+    if cache_path is not None:
+        _write_atomic(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
+    record = engine_record(settings, gpu, graph, plugin_source, jetson_power_mode())
+    files = write_engine(bundle, bytes(memoryview(plan)), record)
+    return BuildResult(files, record, results)
