@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from trimformer.methods.tome import ToMeReducer
 from trimformer.models import adapter_for
 from trimformer.models.loading import load_model
 from trimformer.profiles import ReductionConfig
-from trimformer.runtime import benchmark
+from trimformer.runtime import load
 from trimformer.runtime.op_profile import profile_ops
 
 RESULTS = Path(__file__).parent / "results"
@@ -70,21 +71,6 @@ def eager_models(model_id: str, r: int) -> tuple[torch.nn.Module, torch.nn.Modul
     return adapter.insert(loaded.model, plan.reducer).eval(), loaded.model
 
 
-def time_eager(model: torch.nn.Module, batch: int, runs: int) -> float:
-    x = torch.from_numpy(
-        np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
-    )
-    with torch.inference_mode():
-        for _ in range(3):
-            model(x)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
-
-
 def control_session(model_id: str, r: int, threads: int | None) -> ort.InferenceSession:
     loaded, adapter, plan = tome_plan(model_id, r)
     reducer = SliceReducer(plan.reducer.r_per_layer, plan.reducer.protected, False)
@@ -98,16 +84,19 @@ def control_session(model_id: str, r: int, threads: int | None) -> ort.Inference
     return ort.InferenceSession(graph.SerializeToString(), options)
 
 
-def time_control(session: ort.InferenceSession, batch: int, runs: int) -> float:
-    x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
-    for _ in range(3):
-        session.run(None, {"pixel_values": x})
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, {"pixel_values": x})
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
+def time_interleaved(variants: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
+    """p50 latency (ms) of each variant, all timed in one loop in rotating order."""
+    names = list(variants)
+    for name in names:  # warm-up
+        for _ in range(3):
+            variants[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(runs):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            start = time.perf_counter()
+            variants[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t) * 1e3) for name, t in times.items()}
 
 
 def run(models: list[str], r: int, runs: int, threads: int | None, work: Path) -> list[dict]:
@@ -115,42 +104,55 @@ def run(models: list[str], r: int, runs: int, threads: int | None, work: Path) -
     for model_id in models:
         bundle = work / f"{model_id}-tome-r{r}"
         started = time.perf_counter()
-        export_bundle(
+        manifest = export_bundle(
             ExportRequest(model_id, bundle, ReductionConfig("tome", {"r": r}), force=True)
         )
         export_s = time.perf_counter() - started
+        reduced, full = load(bundle, threads=threads), load(bundle, graph="full", threads=threads)
         control = control_session(model_id, r, threads)
         eager_reduced, eager_full = eager_models(model_id, r)
+        flops = manifest["graphs"]["model"]["flops"], manifest["graphs"]["full"]["flops"]
         for batch in (1, 8):
-            n = runs if batch == 1 else max(runs // 4, 5)
-            result = benchmark(bundle, batch=batch, threads=threads, runs=n, vs_full=True)
-            control_ms = time_control(control, batch, n)
-            eager_ms = time_eager(eager_reduced, batch, n)
-            eager_full_ms = time_eager(eager_full, batch, n)
+            x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+            xt = torch.from_numpy(x)
+            with torch.inference_mode():
+                p50 = time_interleaved(
+                    {
+                        "ort_reduced": lambda x=x: reduced.run(x),
+                        "ort_full": lambda x=x: full.run(x),
+                        "ort_slice_control": lambda x=x: control.run(None, {"pixel_values": x}),
+                        "torch_eager_tome": lambda xt=xt: eager_reduced(xt),
+                        "torch_eager_full": lambda xt=xt: eager_full(xt),
+                    },
+                    runs if batch == 1 else max(runs // 4, 5),
+                )
             ops = profile_ops(bundle, batch=batch, threads=threads, runs=5)
             row = {
                 "model": model_id,
                 "r": r,
                 "batch": batch,
+                "threads": threads,
                 "export_s": round(export_s, 1),
-                **result.to_json(),
-                "control_slice_latency_ms_p50": control_ms,
-                "torch_eager_tome_latency_ms_p50": eager_ms,
-                "torch_eager_full_latency_ms_p50": eager_full_ms,
-                "ours_vs_torch_eager_tome": eager_ms / result.latency_ms_p50,
+                "max_abs_error": manifest["verify"]["max_abs_error"],
+                "flops": flops[0],
+                "full_flops": flops[1],
+                "flops_ratio": flops[1] / flops[0],
+                **{f"{name}_ms_p50": ms for name, ms in p50.items()},
+                "speedup": p50["ort_full"] / p50["ort_reduced"],
+                "torch_eager_speedup": p50["torch_eager_full"] / p50["torch_eager_tome"],
+                "ours_vs_torch_eager_tome": p50["torch_eager_tome"] / p50["ort_reduced"],
                 "reduction_share": ops.reduction_share,
-                "speedup_over_flops_ratio": result.speedup / result.flops_ratio,
             }
+            row["speedup_over_flops_ratio"] = row["speedup"] / row["flops_ratio"]
             rows.append(row)
             print(
-                f"{model_id} b{batch}: speed-up {result.speedup:.2f}x, FLOPs ratio "
-                f"{result.flops_ratio:.2f}x ({row['speedup_over_flops_ratio']:.2f} of it); "
-                f"reduced {result.latency_ms_p50:.1f} ms, slice control {control_ms:.1f} ms, "
-                f"full {result.full_latency_ms_p50:.1f} ms; merge share "
-                f"{100 * ops.reduction_share:.1f}%; torch eager ToMe {eager_ms:.1f} ms "
-                f"({eager_ms / result.latency_ms_p50:.2f}x ours), "
-                f"torch eager full {eager_full_ms:.1f} ms"
+                f"{model_id} b{batch}: speed-up {row['speedup']:.2f}x, FLOPs ratio "
+                f"{row['flops_ratio']:.2f}x ({row['speedup_over_flops_ratio']:.2f} of it); "
+                + ", ".join(f"{name} {ms:.1f} ms" for name, ms in p50.items())
+                + f"; merge share {100 * ops.reduction_share:.1f}% (profiler)"
             )
+        reduced.close()
+        full.close()
     return rows
 
 
@@ -164,7 +166,7 @@ def plot(rows: list[dict], path: Path) -> None:
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(1.8 * len(rows) + 2, 4))
     ax.bar(x - 0.2, [r["flops_ratio"] for r in rows], 0.4, label="FLOPs ratio (full / reduced)")
-    ax.bar(x + 0.2, [r["speedup"] for r in rows], 0.4, label="measured speed-up (p50)")
+    ax.bar(x + 0.2, [r["speedup"] for r in rows], 0.4, label="ONNX Runtime speed-up (p50)")
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xticks(x, labels)
     ax.set_ylabel("x faster than the full model")
