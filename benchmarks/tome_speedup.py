@@ -20,6 +20,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -118,11 +119,11 @@ def run(models: list[str], r: int, runs: int, threads: int | None, work: Path) -
             with torch.inference_mode():
                 p50 = time_interleaved(
                     {
-                        "ort_reduced": lambda x=x: reduced.run(x),
-                        "ort_full": lambda x=x: full.run(x),
-                        "ort_slice_control": lambda x=x: control.run(None, {"pixel_values": x}),
-                        "torch_eager_tome": lambda xt=xt: eager_reduced(xt),
-                        "torch_eager_full": lambda xt=xt: eager_full(xt),
+                        "ort_reduced": partial(reduced.run, x),
+                        "ort_full": partial(full.run, x),
+                        "ort_slice_control": partial(control.run, None, {"pixel_values": x}),
+                        "torch_eager_tome": partial(eager_reduced, xt),
+                        "torch_eager_full": partial(eager_full, xt),
                     },
                     runs if batch == 1 else max(runs // 4, 5),
                 )

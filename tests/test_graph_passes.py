@@ -247,6 +247,7 @@ PLUGIN_CASES = {
         ({"k": 5, "protected": 1, "fuse": 1}, ()),
         ({"k": TOKENS, "protected": 0, "fuse": 0}, ()),
     ],
+    "DiverseSelect": [({"k": 5, "protected": 1}, (6,)), ({"k": 1, "protected": 0}, (3,))],
 }
 
 

@@ -185,7 +185,7 @@ def test_evit_keep_is_exact_for_exact_products():
         ({"keep": 1.5}, "'keep' must be in \\(0, 1\\]"),
         ({"keep": -0.1}, "'keep'"),
         ({"keep": "0.5"}, "key 'keep' must be float"),
-        ({"keep": 0.5, "r": 4}, "unknown key\\(s\\) r"),
+        ({"keep": 0.5, "r": 4}, "unknown key\\(s\\) 'r'"),
         ({"layers": [12]}, "'layers' has \\[12\\] outside .* 0..11"),
         ({"layers": [-1, 3]}, "'layers' has \\[-1\\]"),
         ({"layers": []}, "'layers' must name at least one layer"),
@@ -314,7 +314,7 @@ def test_zero_tprune_default_plan_on_deit():
         ({"importance": -1}, "'importance' must be >= 0"),
         ({"similarity": [1, 2]}, "'similarity' lists 2 values but the model has 12"),
         ({"iterations": 0}, "'iterations' must be in 1..100"),
-        ({"keep": 0.5}, "unknown key\\(s\\) keep"),
+        ({"keep": 0.5}, "unknown key\\(s\\) 'keep'"),
     ],
 )
 def test_zero_tprune_invalid_config_names_the_key(params, message):

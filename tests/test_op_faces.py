@@ -124,7 +124,57 @@ def naive_topk_select(
     return x_out, s_out
 
 
-NAIVE_REFERENCES = {"BipartiteMerge": naive_bipartite_merge, "TopKSelect": naive_topk_select}
+def naive_diverse_select(
+    x: np.ndarray, features: np.ndarray, size: np.ndarray, k: int, protected: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """DiverseSelect, one batch item and one token at a time, in float64, on D = 1 - cos."""
+    batch, n_tokens, channels = x.shape
+    x_rows, s_rows = [], []
+    for b in range(batch):
+        candidates = list(range(protected, n_tokens))
+        units = {}
+        for t in candidates:
+            v = [float(value) for value in features[b, t]]
+            norm = max(math.sqrt(sum(value * value for value in v)), 1e-12)
+            units[t] = [value / norm for value in v]
+
+        distance = {
+            (t, u): 1.0 - sum(p * q for p, q in zip(units[t], units[u], strict=True))
+            for t in candidates
+            for u in candidates
+        }
+
+        # First pick: the token whose nearest other token is farthest (first maximum wins).
+        first, best = -1, -math.inf
+        for t in candidates:
+            nearest = min((distance[t, u] for u in candidates if u != t), default=math.inf)
+            if first < 0 or nearest > best:
+                first, best = t, nearest
+        selected = [first]
+        # Then the token farthest from the selected set, k - 1 times (first maximum wins).
+        while len(selected) < k:
+            pick, best = -1, -math.inf
+            for t in candidates:
+                if t in selected:
+                    continue
+                gap = min(distance[s, t] for s in selected)
+                if pick < 0 or gap > best:
+                    pick, best = t, gap
+            selected.append(pick)
+        kept = [*range(protected), *sorted(selected)]
+        x_rows.append([[float(v) for v in x[b, t]] for t in kept])
+        s_rows.append([[float(size[b, t, 0])] for t in kept])
+    n_out = protected + k
+    x_out = np.array(x_rows, dtype=np.float64).reshape(batch, n_out, channels)
+    s_out = np.array(s_rows, dtype=np.float64).reshape(batch, n_out, 1)
+    return x_out, s_out
+
+
+NAIVE_REFERENCES = {
+    "BipartiteMerge": naive_bipartite_merge,
+    "TopKSelect": naive_topk_select,
+    "DiverseSelect": naive_diverse_select,
+}
 
 SPEC = get_op("BipartiteMerge")
 
@@ -672,3 +722,173 @@ def test_topk_output_tokens():
     assert TOPK.output_tokens(197, {"k": 138, "protected": 1, "fuse": 1}) == 140
     assert TOPK.output_tokens(197, {"k": 138, "protected": 1, "fuse": 0}) == 139
     assert TOPK.output_tokens(197, {"k": 1, "protected": 1, "fuse": 0}) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# DiverseSelect
+# --------------------------------------------------------------------------------------------
+
+DIVERSE = get_op("DiverseSelect")
+
+
+def diverse_faces_agree(x, features, size, k, protected):
+    """DiverseSelect: torch == ONNX (ORT) == naive, and the output count is the static count."""
+    attrs = {"k": k, "protected": protected}
+    DIVERSE.validate(attrs, x.shape[1])
+    n_out = DIVERSE.output_tokens(x.shape[1], attrs)
+    want_x, want_s = naive_diverse_select(x, features, size, k, protected)
+    torch_out = torch.ops.trimformer.diverse_select(
+        torch.from_numpy(x), torch.from_numpy(features), torch.from_numpy(size), k, protected
+    )
+    inputs = {"x": x, "features": features, "size": size}
+    faces = {
+        "torch": tuple(t.numpy() for t in torch_out),
+        "onnx": run_function("DiverseSelect", attrs, inputs),
+    }
+    for face, (got_x, got_s) in faces.items():
+        assert got_x.shape == (x.shape[0], n_out, x.shape[2]), face
+        assert got_s.shape == (x.shape[0], n_out, 1), face
+        # Selection only copies rows: exact.
+        np.testing.assert_array_equal(got_x, want_x.astype(np.float32), err_msg=f"{face} x")
+        np.testing.assert_array_equal(got_s, want_s.astype(np.float32), err_msg=f"{face} s")
+    return want_x, want_s
+
+
+@st.composite
+def diverse_cases(draw):
+    batch = draw(st.integers(1, 3))
+    n_tokens = draw(st.integers(1, 40))
+    protected = draw(st.integers(0, min(3, n_tokens - 1)))
+    k = draw(st.integers(1, n_tokens - protected))
+    channels = draw(st.integers(1, 6))
+    feature_channels = draw(st.integers(1, 8))
+    kind = draw(st.sampled_from(["normal", "normal", "one_hot", "signed_one_hot"]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    return batch, n_tokens, protected, k, channels, feature_channels, kind, seed
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(diverse_cases())
+def test_diverse_select_faces_agree(case):
+    batch, n_tokens, protected, k, channels, feature_channels, kind, seed = case
+    rng = np.random.default_rng(seed)
+    x, features, size = make_inputs(rng, batch, n_tokens, channels, feature_channels)
+    if kind != "normal":
+        signed = kind == "signed_one_hot"
+        features = one_hot_metric(rng, batch, n_tokens, feature_channels, signed, zeros=True)
+    diverse_faces_agree(x, features, size, k, protected)
+
+
+@pytest.mark.parametrize(("n_tokens", "protected"), [(1, 0), (2, 1), (9, 0), (50, 1)])
+def test_diverse_keep_all_and_keep_one(n_tokens, protected):
+    rng = np.random.default_rng(n_tokens)
+    x, features, size = make_inputs(rng, 2, n_tokens, 3, 8)
+    m = n_tokens - protected
+    want_x, want_s = diverse_faces_agree(x, features, size, m, protected)
+    np.testing.assert_array_equal(want_x, x)  # k = N - p keeps every token, in order
+    np.testing.assert_array_equal(want_s, size)
+    want_x, _ = diverse_faces_agree(x, features, size, 1, protected)
+    assert want_x.shape[1] == protected + 1
+
+
+def test_diverse_first_pick_and_greedy_order():
+    # Unit features at 0, 10, 20, 180 and 90 degrees, after a protected token. The most isolated
+    # token is 180° (token 4: its nearest is 90° away), then the farthest from it is 0° (token 1),
+    # then 90° (token 5, 90° from the set), then 20° (token 3).
+    angles = np.radians([45.0, 0.0, 10.0, 20.0, 180.0, 90.0])
+    features = np.stack([np.cos(angles), np.sin(angles)], axis=-1)[None].astype(np.float32)
+    features[0, 0] = 0  # the protected token's feature is never looked at
+    x = np.arange(6, dtype=np.float32).reshape(1, 6, 1)
+    size = np.ones((1, 6, 1), dtype=np.float32)
+    for k, kept in [(1, [4]), (2, [1, 4]), (3, [1, 4, 5]), (4, [1, 3, 4, 5])]:
+        want_x, _ = diverse_faces_agree(x, features, size, k, 1)
+        np.testing.assert_array_equal(want_x[0, :, 0], [0, *kept])
+
+
+def test_diverse_ties_pick_the_lower_index():
+    # The four axis directions: every nearest neighbour is 90° away, so token 0 is picked first;
+    # 180° (token 2) is farthest from it; 90° and 270° then tie: token 1 wins.
+    features = np.array([[[1, 0], [0, 1], [-1, 0], [0, -1]]], dtype=np.float32)
+    x = np.arange(4, dtype=np.float32).reshape(1, 4, 1)
+    size = np.ones((1, 4, 1), dtype=np.float32)
+    for k, kept in [(1, [0]), (2, [0, 2]), (3, [0, 1, 2])]:
+        want_x, _ = diverse_faces_agree(x, features, size, k, 0)
+        np.testing.assert_array_equal(want_x[0, :, 0], kept)
+
+
+@pytest.mark.parametrize(
+    ("n_tokens", "protected", "seed"),
+    [(n, p, seed) for n, p in [(8, 0), (13, 1), (50, 2)] for seed in range(4)]
+    + [(197, 1, 0), (197, 1, 1)],
+)
+def test_diverse_exact_ties(n_tokens, protected, seed):
+    # Few one-hot directions: many tokens at exactly equal distances (197: a ViT-B/16's count).
+    rng = np.random.default_rng(seed)
+    feature_channels = int(rng.integers(1, 5))
+    x, _, size = make_inputs(rng, 3, n_tokens, 4, 1)
+    features = one_hot_metric(rng, 3, n_tokens, feature_channels, signed=seed % 2 == 1, zeros=True)
+    m = n_tokens - protected
+    for k in sorted({1, 2, m // 3, m // 2, m} - {0}):
+        diverse_faces_agree(x, features, size, k, protected)
+
+
+@pytest.mark.parametrize("row", [[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0], [-2.0, 0.0, 0.0, 0.0]])
+def test_diverse_all_equal_tokens_keep_the_first_k(row):
+    n_tokens, protected = 12, 1
+    rng = np.random.default_rng(5)
+    x, _, size = make_inputs(rng, 2, n_tokens, 3, 1)
+    features = np.broadcast_to(np.array(row, dtype=np.float32), (2, n_tokens, 4)).copy()
+    for k in range(1, n_tokens - protected + 1):
+        want_x, _ = diverse_faces_agree(x, features, size, k, protected)
+        np.testing.assert_array_equal(want_x, x[:, : protected + k])
+
+
+def test_diverse_batch_items_select_different_tokens():
+    # Item 0: tokens 1 and 2 point one way, 3 and 4 the other; item 1: 1 and 3 are isolated.
+    features = np.array(
+        [
+            [[0, 0], [1, 0], [1, 0.1], [-1, 0], [-1, 0.1]],
+            [[0, 0], [1, 0], [0, 1], [-1, 0], [0, 1.1]],
+        ],
+        dtype=np.float32,
+    )
+    x = np.arange(10, dtype=np.float32).reshape(2, 5, 1)
+    size = np.ones((2, 5, 1), dtype=np.float32)
+    want_x, _ = diverse_faces_agree(x, features, size, 2, 1)
+    np.testing.assert_array_equal(want_x[:, :, 0], [[0, 1, 3], [5, 6, 8]])
+
+
+@pytest.mark.parametrize("opset", [MIN_OPSET, OPSET, MAX_OPSET])
+def test_diverse_model_passes_full_check_and_retargets(opset):
+    dims = {"x": ["B", "N", 4], "features": ["B", "N", 3], "size": ["B", "N", 1]}
+    attrs = {"k": 5, "protected": 1}
+    onnx.checker.check_model(op_model("DiverseSelect", attrs, dims, opset), full_check=True)
+    rng = np.random.default_rng(opset)
+    x, features, size = make_inputs(rng, 2, 21, 4, 3)
+    inputs = {"x": x, "features": features, "size": size}
+    got = run_function("DiverseSelect", attrs, inputs, opset)
+    for g, w in zip(got, naive_diverse_select(x, features, size, 5, 1), strict=True):
+        np.testing.assert_array_equal(g, w.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("attrs", "n_tokens"),
+    [
+        ({"k": 0, "protected": 1}, None),
+        ({"k": 1, "protected": -1}, None),
+        ({"k": 197, "protected": 1}, 197),  # at most 196 unprotected tokens
+        ({"k": 1, "protected": 1}, 1),  # no unprotected token to keep
+        ({"k": 1, "protected": 0, "fuse": 0}, None),
+        ({"k": 1.0, "protected": 0}, None),
+        ({"k": 1}, None),
+    ],
+)
+def test_diverse_validate_rejects(attrs, n_tokens):
+    with pytest.raises(OpValidationError):
+        DIVERSE.validate(attrs, n_tokens=n_tokens)
+
+
+def test_diverse_output_tokens():
+    DIVERSE.validate({"k": 196, "protected": 1}, n_tokens=197)
+    assert DIVERSE.output_tokens(197, {"k": 98, "protected": 1}) == 99
+    assert DIVERSE.output_tokens(577, {"k": 64, "protected": 1}) == 65

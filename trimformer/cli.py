@@ -67,7 +67,9 @@ def cli() -> None:
     "-o", "--output", type=click.Path(path_type=Path), required=True, help="Bundle folder to write."
 )
 @click.option(
-    "--method", default=None, help="Reduction method: tome, evit, or none for the plain model."
+    "--method",
+    default=None,
+    help="Reduction method: tome, evit, zero_tprune, divprune, tail_drop, keep_subset, or none.",
 )
 @click.option("--config", "config", default=None, help="Reduction profile name or YAML file.")
 @click.option(
@@ -312,9 +314,15 @@ def profiles_show(name: str) -> None:
 
 
 def _register_subcommands() -> None:
+    from trimformer.cli_build import build_command  # imports only click
+    from trimformer.cli_doctor import doctor_command  # imports only click
     from trimformer.cli_passes import passes_command  # imports only click and errors
+    from trimformer.cli_visualize import visualize_command  # imports only click and errors
 
     cli.add_command(passes_command)
+    cli.add_command(visualize_command)
+    cli.add_command(build_command)
+    cli.add_command(doctor_command)
 
 
 _register_subcommands()

@@ -63,6 +63,7 @@ def torch_face(op_name: str) -> Reference:
 _REFERENCES: dict[str, Reference] = {
     "BipartiteMerge": torch_face("BipartiteMerge"),
     "TopKSelect": torch_face("TopKSelect"),
+    "DiverseSelect": torch_face("DiverseSelect"),
 }
 
 

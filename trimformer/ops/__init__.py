@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from trimformer.ops import bipartite_merge as _bipartite_merge  # noqa: F401  (registers the op)
+from trimformer.ops import diverse_select as _diverse_select  # noqa: F401  (registers the op)
 from trimformer.ops import topk_select as _topk_select  # noqa: F401  (registers the op)
 from trimformer.ops.registry import (
     DOMAIN,
