@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import onnx
 import torch
 from onnxscript import FLOAT, script
 from onnxscript import opset18 as op
@@ -33,8 +32,8 @@ from trimformer.ops.registry import (
     AttributeSpec,
     OpSpec,
     OpValidationError,
+    function_builder,
     register_op,
-    retarget_function,
 )
 
 __all__ = ["BIPARTITE_MERGE", "bipartite_merge", "max_merge_r"]
@@ -153,12 +152,6 @@ def _bipartite_merge_fn(x: FLOAT, metric: FLOAT, size: FLOAT, r: int, protected:
     return x_out, s_out
 
 
-def _onnx_function(opset: int) -> onnx.FunctionProto:
-    fn = _bipartite_merge_fn.to_function_proto()
-    fn.name = "BipartiteMerge"
-    return retarget_function(fn, opset)
-
-
 BIPARTITE_MERGE = register_op(
     OpSpec(
         name="BipartiteMerge",
@@ -172,6 +165,6 @@ BIPARTITE_MERGE = register_op(
         ),
         output_tokens=_output_tokens,
         torch_op=torch.ops.trimformer.bipartite_merge.default,
-        onnx_function=_onnx_function,
+        onnx_function=function_builder(_bipartite_merge_fn, "BipartiteMerge"),
     )
 )

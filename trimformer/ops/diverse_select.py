@@ -36,7 +36,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import onnx
 import torch
 from onnxscript import FLOAT, script
 from onnxscript import opset18 as op
@@ -48,8 +47,8 @@ from trimformer.ops.registry import (
     AttributeSpec,
     OpSpec,
     OpValidationError,
+    function_builder,
     register_op,
-    retarget_function,
 )
 
 __all__ = ["DIVERSE_SELECT", "diverse_select"]
@@ -140,12 +139,6 @@ def _diverse_select_fn(x: FLOAT, features: FLOAT, size: FLOAT, k: int, protected
     return x_out, s_out
 
 
-def _onnx_function(opset: int) -> onnx.FunctionProto:
-    fn = _diverse_select_fn.to_function_proto()
-    fn.name = "DiverseSelect"
-    return retarget_function(fn, opset)
-
-
 DIVERSE_SELECT = register_op(
     OpSpec(
         name="DiverseSelect",
@@ -159,6 +152,6 @@ DIVERSE_SELECT = register_op(
         ),
         output_tokens=_output_tokens,
         torch_op=torch.ops.trimformer.diverse_select.default,
-        onnx_function=_onnx_function,
+        onnx_function=function_builder(_diverse_select_fn, "DiverseSelect"),
     )
 )

@@ -20,6 +20,7 @@ __all__ = [
     "AttributeSpec",
     "OpSpec",
     "OpValidationError",
+    "function_builder",
     "get_op",
     "register_op",
     "registered_ops",
@@ -134,6 +135,18 @@ def registered_ops() -> dict[str, OpSpec]:
 
 MIN_OPSET = 18
 MAX_OPSET = 23
+
+
+def function_builder(script: Any, name: str) -> Callable[[int], onnx.FunctionProto]:
+    """The ``onnx_function`` face of an op from its onnxscript function: named after the op,
+    its body retargeted to the model's opset."""
+
+    def build(opset: int) -> onnx.FunctionProto:
+        fn = script.to_function_proto()
+        fn.name = name
+        return retarget_function(fn, opset)
+
+    return build
 
 
 def retarget_function(fn: onnx.FunctionProto, opset: int) -> onnx.FunctionProto:

@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import onnx
 import torch
 from onnxscript import FLOAT, script
 from onnxscript import opset18 as op
@@ -35,8 +34,8 @@ from trimformer.ops.registry import (
     AttributeSpec,
     OpSpec,
     OpValidationError,
+    function_builder,
     register_op,
-    retarget_function,
 )
 
 __all__ = ["TOPK_SELECT", "topk_select"]
@@ -119,12 +118,6 @@ def _topk_select_fn(x: FLOAT, scores: FLOAT, size: FLOAT, k: int, protected: int
     return x_out, s_out
 
 
-def _onnx_function(opset: int) -> onnx.FunctionProto:
-    fn = _topk_select_fn.to_function_proto()
-    fn.name = "TopKSelect"
-    return retarget_function(fn, opset)
-
-
 TOPK_SELECT = register_op(
     OpSpec(
         name="TopKSelect",
@@ -145,6 +138,6 @@ TOPK_SELECT = register_op(
         ),
         output_tokens=_output_tokens,
         torch_op=torch.ops.trimformer.topk_select.default,
-        onnx_function=_onnx_function,
+        onnx_function=function_builder(_topk_select_fn, "TopKSelect"),
     )
 )
