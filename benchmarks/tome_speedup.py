@@ -80,6 +80,7 @@ def control_session(model_id: str, r: int, threads: int | None) -> ort.Inference
     with adapter.export_patches(module):
         graph, _ = export_onnx(module, example, "pixel_values", "logits", 20, dynamic_batch=True)
     options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(graph.SerializeToString(), options)
@@ -109,7 +110,9 @@ def run(models: list[str], r: int, runs: int, threads: int | None, work: Path) -
             ExportRequest(model_id, bundle, ReductionConfig("tome", {"r": r}), force=True)
         )
         export_s = time.perf_counter() - started
-        reduced, full = load(bundle, threads=threads), load(bundle, graph="full", threads=threads)
+        # No spinning: idle ORT threads would otherwise steal the cores of the variant timed next.
+        reduced = load(bundle, threads=threads, spinning=False)
+        full = load(bundle, graph="full", threads=threads, spinning=False)
         control = control_session(model_id, r, threads)
         eager_reduced, eager_full = eager_models(model_id, r)
         flops = manifest["graphs"]["model"]["flops"], manifest["graphs"]["full"]["flops"]

@@ -11,12 +11,15 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 
 from trimformer.errors import TrimformerError, UsageError
+
+if TYPE_CHECKING:
+    from trimformer.profiles import ReductionConfig
 
 __all__ = ["cli", "main"]
 
@@ -52,6 +55,30 @@ def _parse_ints(option: str, value: str | None, hint: str) -> list[int] | None:
 def _parse_r(value: str | None) -> int | list[int] | None:
     items = _parse_ints("--r", value, "an integer (13) or per-layer integers (8,8,4)")
     return items[0] if items is not None and len(items) == 1 else items
+
+
+def _chosen_reduction(config: str | None, method: str | None) -> ReductionConfig | None:
+    """The reduction named by --config and/or --method (None when neither is given)."""
+    from trimformer.profiles import ReductionConfig, load_reduction_config
+
+    if config is None:
+        return ReductionConfig(method) if method is not None else None
+    reduction = load_reduction_config(config)
+    if method and method != reduction.method:
+        raise UsageError(f"--method {method} contradicts {config}, which is {reduction.method}")
+    return reduction
+
+
+def _overrides(r: str | None, schedule: str | None, keep: float | None) -> dict[str, Any]:
+    """Param overrides from the flags export and visualize share."""
+    overrides: dict[str, Any] = {}
+    if (r_value := _parse_r(r)) is not None:
+        overrides["r"] = r_value
+    if schedule is not None:
+        overrides["schedule"] = schedule
+    if keep is not None:
+        overrides["keep"] = keep
+    return overrides
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -125,18 +152,10 @@ def export(
 ) -> None:
     """Export MODEL (a timm name) with a token reduction as a bundle folder."""
     from trimformer.exporter import ExportRequest, export_bundle
-    from trimformer.profiles import ReductionConfig, load_reduction_config
+    from trimformer.profiles import ReductionConfig
 
-    reduction = load_reduction_config(config) if config else ReductionConfig(method or "none")
-    if config and method and method != reduction.method:
-        raise UsageError(f"--method {method} contradicts {config}, which is {reduction.method}")
-    overrides: dict[str, Any] = {}
-    if (r_value := _parse_r(r)) is not None:
-        overrides["r"] = r_value
-    if schedule is not None:
-        overrides["schedule"] = schedule
-    if keep is not None:
-        overrides["keep"] = keep
+    reduction = _chosen_reduction(config, method) or ReductionConfig("none")
+    overrides = _overrides(r, schedule, keep)
     if (layer_list := _parse_ints("--layers", layers, "zero-based layers (3,6,9)")) is not None:
         overrides["layers"] = layer_list
     if overrides and reduction.method == "none":

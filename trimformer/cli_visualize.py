@@ -8,11 +8,8 @@ from --method / --config with the export command's overrides. Imports are lazy s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
-
-from trimformer.errors import UsageError
 
 __all__ = ["visualize_command"]
 
@@ -66,22 +63,11 @@ def visualize_command(
     """
     from rich.console import Console
 
-    from trimformer.cli import _parse_ints, _parse_r
-    from trimformer.profiles import ReductionConfig, load_reduction_config
+    from trimformer.cli import _chosen_reduction, _overrides, _parse_ints
     from trimformer.visualize import VisualizeRequest, visualize
 
-    reduction = load_reduction_config(config) if config else None
-    if reduction and method and method != reduction.method:
-        raise UsageError(f"--method {method} contradicts {config}, which is {reduction.method}")
-    if reduction is None and method is not None:
-        reduction = ReductionConfig(method)
-    overrides: dict[str, Any] = {}
-    if (r_value := _parse_r(r)) is not None:
-        overrides["r"] = r_value
-    if schedule is not None:
-        overrides["schedule"] = schedule
-    if keep is not None:
-        overrides["keep"] = keep
+    reduction = _chosen_reduction(config, method)
+    overrides = _overrides(r, schedule, keep)
     shown = _parse_ints("--layers", layers, "zero-based blocks (3,6,9)")
     request = VisualizeRequest(
         source=source,

@@ -155,9 +155,13 @@ def benchmark(
     for name, value, least in (("batch", batch, 1), ("runs", runs, 1), ("warmup", warmup, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise UsageError(f"{name} must be an integer >= {least}, got {value!r}")
-    sessions = [load(bundle, "model", providers=providers, threads=threads)]
+    # Without spinning, one session's idle threads cannot slow the other one timed next.
+    spinning = not vs_full
+    sessions = [load(bundle, "model", providers=providers, threads=threads, spinning=spinning)]
     if vs_full:
-        sessions.append(load(bundle, "full", providers=providers, threads=threads))
+        sessions.append(
+            load(bundle, "full", providers=providers, threads=threads, spinning=spinning)
+        )
     try:
         flops = [_graph_flops(s, batch) for s in sessions]
         feeds = [s.check_inputs(random_inputs(s.inputs, batch)) for s in sessions]

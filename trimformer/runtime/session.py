@@ -123,6 +123,7 @@ class Session:
         providers: Sequence[Provider] | None = None,
         threads: int | None = None,
         profile_prefix: str | None = None,
+        spinning: bool = True,
     ) -> None:
         bundle = Path(bundle)
         self.manifest: dict[str, Any] = read_manifest(bundle)
@@ -142,15 +143,21 @@ class Session:
                 f"{bundle}: graph file {entry['file']!r} is not listed with a sha256 in the "
                 "manifest; re-export the bundle"
             )
-        session = self._open(_resolve_providers(providers), threads, profile_prefix)
+        session = self._open(_resolve_providers(providers), threads, profile_prefix, spinning)
         self._check_against_graph(session)
         self.providers: tuple[str, ...] = tuple(session.get_providers())
         self._ort: ort.InferenceSession | None = session
 
     def _open(
-        self, providers: list[Provider], threads: int | None, profile_prefix: str | None
+        self,
+        providers: list[Provider],
+        threads: int | None,
+        profile_prefix: str | None,
+        spinning: bool,
     ) -> ort.InferenceSession:
         options = ort.SessionOptions()
+        if not spinning:  # idle threads would steal the cores of another session timed next
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if profile_prefix is not None:
             options.enable_profiling = True
             options.profile_file_prefix = profile_prefix
@@ -299,10 +306,12 @@ def load(
     graph: str = "model",
     providers: Sequence[Provider] | None = None,
     threads: int | None = None,
+    spinning: bool = True,
 ) -> Session:
     """Load ``graph`` ("model": reduced, "full": un-reduced) of a bundle after checking its hashes.
 
     ``providers`` defaults to CUDA (when this onnxruntime has it) then CPU; ``threads`` sets
-    ONNX Runtime's intra-op thread count (None: its default).
+    ONNX Runtime's intra-op thread count (None: its default); ``spinning=False`` stops idle
+    threads from busy-waiting, for fair timing of several sessions in one process.
     """
-    return Session(bundle, graph=graph, providers=providers, threads=threads)
+    return Session(bundle, graph=graph, providers=providers, threads=threads, spinning=spinning)
