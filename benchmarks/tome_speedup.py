@@ -31,7 +31,7 @@ from trimformer.exporter import ExportRequest, export_bundle
 from trimformer.exporter.onnx_export import export_onnx
 from trimformer.methods import ModelGeometry, get_method, parse_params
 from trimformer.methods.tome import ToMeReducer
-from trimformer.models import adapter_for
+from trimformer.models import GraphIO, adapter_for
 from trimformer.models.loading import load_model
 from trimformer.profiles import ReductionConfig
 from trimformer.runtime import load
@@ -78,7 +78,7 @@ def control_session(model_id: str, r: int, threads: int | None) -> ort.Inference
     module = adapter.insert(loaded.model, reducer).eval()
     example = torch.randn(2, *loaded.preprocess["input_size"])
     with adapter.export_patches(module):
-        graph, _ = export_onnx(module, example, "pixel_values", "logits", 20, dynamic_batch=True)
+        graph, _ = export_onnx(module, GraphIO.image(example), 20)
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:

@@ -48,3 +48,67 @@ def tome_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
     )
     return path
+
+
+TEXT_WORDS = [
+    *("the", "a", "cat", "dog", "sat", "on", "mat", "ran"),
+    *("fast", "slow", "red", "blue", "big", "small", "house", "tree"),
+]
+
+
+def tiny_text_folder(
+    path: Path, model_type: str = "bert", sentence_transformers: bool = True, pooling: str = "mean"
+) -> Path:
+    """A random 2-layer BERT-family encoder saved as a (sentence-transformers) folder."""
+    import json
+
+    from transformers import AutoConfig, AutoModel, BertTokenizerFast
+
+    torch.manual_seed(0)
+    path.mkdir(parents=True)
+    vocab = path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TEXT_WORDS]) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab), model_max_length=64)
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=70,
+        type_vocab_size=2 if model_type == "bert" else 1,
+        pad_token_id=0,
+    )
+    AutoModel.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    if sentence_transformers:
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {
+                "idx": 1,
+                "name": "1",
+                "path": "1_Pooling",
+                "type": "sentence_transformers.models.Pooling",
+            },
+            {
+                "idx": 2,
+                "name": "2",
+                "path": "2_Normalize",
+                "type": "sentence_transformers.models.Normalize",
+            },
+        ]
+        (path / "modules.json").write_text(json.dumps(modules))
+        (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64}))
+        (path / "1_Pooling").mkdir()
+        (path / "1_Pooling" / "config.json").write_text(
+            json.dumps(
+                {
+                    "word_embedding_dimension": 32,
+                    "pooling_mode_cls_token": pooling == "cls",
+                    "pooling_mode_mean_tokens": pooling == "mean",
+                }
+            )
+        )
+        (path / "2_Normalize").mkdir()
+    return path

@@ -13,7 +13,7 @@ from conftest import tiny_vit
 
 from trimformer.exporter.onnx_export import export_onnx
 from trimformer.methods import ModelGeometry, get_method, parse_params
-from trimformer.models import AdapterError, adapter_for
+from trimformer.models import AdapterError, GraphIO, adapter_for
 
 KINDS = ["vit", "distilled", "registers"]
 
@@ -86,7 +86,7 @@ def test_exported_graph_matches_eager_fused_model(kind):
     adapter = adapter_for(model)
     x = images()
     with adapter.export_patches(model):
-        graph, ops = export_onnx(model, x, "pixel_values", "logits", 20, dynamic_batch=True)
+        graph, ops = export_onnx(model, GraphIO.image(x), 20)
     assert all(b.attn.fused_attn for b in model.blocks), "export patches must be undone"
     assert ops == {"BipartiteMerge": 1}
     calls = [n for n in graph.graph.node if n.domain == "trimformer"]

@@ -24,7 +24,7 @@ from trimformer.errors import UsageError
 from trimformer.exporter import VERIFY_ATOL, ExportRequest, export_bundle
 from trimformer.exporter.onnx_export import export_onnx
 from trimformer.methods import ConfigError, ModelGeometry, get_method, parse_params
-from trimformer.models import adapter_for
+from trimformer.models import GraphIO, adapter_for
 from trimformer.profiles import list_reduction_profiles, load_reduction_config
 
 DEIT = "deit_tiny_patch16_224"
@@ -333,7 +333,7 @@ def test_zero_tprune_graph_matches_eager_at_any_batch_with_registers():
     model = reduce(tiny_vit("registers", fused=True), "zero_tprune", **params)
     adapter = adapter_for(model)
     with adapter.export_patches(model):
-        graph, ops = export_onnx(model, images(2, 32), "pixel_values", "logits", 20, True)
+        graph, ops = export_onnx(model, GraphIO.image(images(2, 32)), 20)
     assert ops == {"TopKSelect": 1}
     onnx.checker.check_model(graph, full_check=True)
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -23,7 +23,7 @@ from trimformer.errors import UsageError
 from trimformer.exporter import VERIFY_ATOL
 from trimformer.exporter.onnx_export import export_onnx
 from trimformer.methods import ConfigError, ModelGeometry
-from trimformer.models import adapter_for
+from trimformer.models import GraphIO, adapter_for
 from trimformer.profiles import load_reduction_config
 
 Select = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -192,7 +192,7 @@ def test_graph_matches_eager_at_any_batch_with_registers(method, params, op):
     model = reduce(tiny_vit("registers", fused=True), method, **params)
     adapter = adapter_for(model)
     with adapter.export_patches(model):
-        graph, ops = export_onnx(model, images(2, 32), "pixel_values", "logits", 20, True)
+        graph, ops = export_onnx(model, GraphIO.image(images(2, 32)), 20)
     assert ops == {op: 1}
     onnx.checker.check_model(graph, full_check=True)
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -5,6 +5,7 @@ BUNDLE/
   model.onnx      the reduced graph; reductions are trimformer model-local functions
   full.onnx       the un-reduced graph of the same weights (absent for --method none)
   weights.bin     every initializer stored once, shared by both graphs (ONNX external data)
+  tokenizer/      assets the inputs need (text models: the tokenizer, save_pretrained format)
   manifest.json   model, reduction, graphs (inputs, outputs, FLOPs), ops, tools, sha256 of files
 ```
 Bundles are written to a temporary sibling directory and renamed into place, so a failed or
@@ -18,7 +19,7 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -78,12 +79,17 @@ def _externalize(graphs: Mapping[str, onnx.ModelProto], weights_path: Path) -> N
 
 
 def write_bundle(
-    dest: Path, graphs: Mapping[str, onnx.ModelProto], manifest: dict[str, Any], force: bool
+    dest: Path,
+    graphs: Mapping[str, onnx.ModelProto],
+    manifest: dict[str, Any],
+    force: bool,
+    assets: Mapping[str, Callable[[Path], None]] | None = None,
 ) -> None:
-    """Write graphs (name -> model) and the manifest to ``dest`` atomically.
+    """Write graphs (name -> model), asset folders (name -> writer of that folder), manifest.
 
-    The manifest gets the format fields and the sha256 of every file. An existing ``dest`` is an
-    error unless ``force``, in which case it is replaced by a rename (never left half-replaced).
+    Writing is atomic. The manifest gets the format fields and the sha256 of every file. An
+    existing ``dest`` is an error unless ``force``, in which case it is replaced by a rename
+    (never left half-replaced).
     """
     import onnx
 
@@ -102,9 +108,12 @@ def write_bundle(
         _externalize(graphs, tmp / WEIGHTS)
         for name, model in graphs.items():
             onnx.save_model(model, tmp / f"{name}.onnx")
+        for name, write_asset in (assets or {}).items():
+            write_asset(tmp / name)
         files = {
-            p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-            for p in sorted(tmp.iterdir())
+            p.relative_to(tmp).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file()
         }
         full = {"format": FORMAT, "format_version": FORMAT_VERSION, "trimformer": __version__}
         full.update(manifest)
@@ -134,7 +143,7 @@ def _replace(tmp: Path, dest: Path) -> None:
 
 def _safe_member(bundle: Path, name: str) -> Path:
     pure = PurePosixPath(name)
-    if pure.is_absolute() or ".." in pure.parts or len(pure.parts) != 1:
+    if pure.is_absolute() or ".." in pure.parts or not 1 <= len(pure.parts) <= 2:
         raise UsageError(
             f"{bundle}: manifest lists {name!r}, which is outside the bundle; re-export it"
         )

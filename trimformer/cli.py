@@ -81,6 +81,22 @@ def _overrides(r: str | None, schedule: str | None, keep: float | None) -> dict[
     return overrides
 
 
+def _parse_sets(values: tuple[str, ...]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` params, each value read as YAML (8, true, [8, 4], keys)."""
+    import yaml
+
+    params: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set {item!r}: give KEY=VALUE, e.g. --set metric=keys")
+        try:
+            params[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise UsageError(f"--set {item!r}: the value is not valid YAML") from None
+    return params
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="trimformer")
 def cli() -> None:
@@ -112,7 +128,20 @@ def cli() -> None:
 @click.option(
     "--layers", default=None, help="EViT reducing layers, zero-based: 3,6,9 (the paper's 4,7,10)."
 )
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any method param, e.g. --set metric=keys (repeatable; values are YAML).",
+)
 @click.option("--batch", type=int, default=None, help="Fix the batch size (default: dynamic).")
+@click.option(
+    "--seq-len",
+    type=int,
+    default=None,
+    help="Text models: the fixed sequence length (default: 128, or the model's maximum).",
+)
 @click.option(
     "--image-size", type=int, default=None, help="Input resolution (default: the model's)."
 )
@@ -142,7 +171,9 @@ def export(
     schedule: str | None,
     keep: float | None,
     layers: str | None,
+    sets: tuple[str, ...],
     batch: int | None,
+    seq_len: int | None,
     image_size: int | None,
     opset: int,
     checkpoint: Path | None,
@@ -150,17 +181,22 @@ def export(
     verify: bool,
     force: bool,
 ) -> None:
-    """Export MODEL (a timm name) with a token reduction as a bundle folder."""
+    """Export MODEL with a token reduction as a bundle folder.
+
+    MODEL: a timm name (deit_small_patch16_224, timm:NAME), a timm folder, a Hugging Face id
+    (hf:ORG/NAME, from the network or the local cache) or a save_pretrained /
+    sentence-transformers folder (BERT-family text encoders).
+    """
     from trimformer.exporter import ExportRequest, export_bundle
     from trimformer.profiles import ReductionConfig
 
     reduction = _chosen_reduction(config, method) or ReductionConfig("none")
-    overrides = _overrides(r, schedule, keep)
+    overrides = {**_parse_sets(sets), **_overrides(r, schedule, keep)}
     if (layer_list := _parse_ints("--layers", layers, "zero-based layers (3,6,9)")) is not None:
         overrides["layers"] = layer_list
     if overrides and reduction.method == "none":
         raise UsageError(
-            "--r/--schedule/--keep/--layers need a method; add --method tome or --method evit"
+            "--r/--schedule/--keep/--layers/--set need a method; add --method tome or --method evit"
         )
     reduction = ReductionConfig(
         reduction.method, {**reduction.params, **overrides}, reduction.source, reduction.description
@@ -173,6 +209,7 @@ def export(
         pretrained=pretrained,
         batch=batch,
         image_size=image_size,
+        seq_len=seq_len,
         opset=opset,
         verify=verify,
         force=force,

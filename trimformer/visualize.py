@@ -393,7 +393,7 @@ def _shown_layers(plan: MethodPlan, requested: tuple[int, ...] | None) -> tuple[
 
 def visualize(request: VisualizeRequest) -> VisualizeResult:
     """Draw the request's reduction on its image and write the PNG; raises UsageError."""
-    from trimformer.models.loading import load_model
+    from trimformer.models.loading import ModelOptions, load_model
     from trimformer.runtime.preprocess import load_image
 
     if not request.image.is_file():
@@ -409,7 +409,9 @@ def visualize(request: VisualizeRequest) -> VisualizeResult:
     reduction = dataclasses.replace(reduction, params={**reduction.params, **request.overrides})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # random weights: the same figure on every run
-        loaded = load_model(model_id, request.checkpoint, request.pretrained, image_size)
+        loaded = load_model(
+            model_id, ModelOptions(request.checkpoint, request.pretrained, image_size)
+        )
     adapter, plan, protected = _plan(loaded.model, reduction)
     layers = _shown_layers(plan, request.layers)
     if not layers:

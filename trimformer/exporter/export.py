@@ -25,16 +25,14 @@ from trimformer.errors import RuntimeFailure, UsageError
 from trimformer.exporter.flops import count_flops
 from trimformer.exporter.onnx_export import export_onnx
 from trimformer.methods import ConfigError, MethodPlan, ModelGeometry, get_method, parse_params
-from trimformer.models import AdapterError, adapter_for
-from trimformer.models.loading import LoadedModel, load_model
+from trimformer.models import AdapterError, GraphIO, adapter_for
+from trimformer.models.loading import LoadedModel, ModelOptions, load_model
 from trimformer.ops import MAX_OPSET, MIN_OPSET, OpValidationError
 from trimformer.profiles import ReductionConfig
 
 __all__ = ["VERIFY_ATOL", "ExportRequest", "export_bundle"]
 
 VERIFY_ATOL = 1e-4
-INPUT_NAME = "pixel_values"
-OUTPUT_NAME = "logits"
 
 
 @dataclass(frozen=True)
@@ -48,6 +46,7 @@ class ExportRequest:
     pretrained: bool = False
     batch: int | None = None  # None: dynamic batch dimension
     image_size: int | None = None
+    seq_len: int | None = None  # text models: fixed sequence length (default: 128 or less)
     opset: int = 20
     verify: bool = True
     force: bool = False
@@ -65,25 +64,33 @@ def _plan(request: ExportRequest, loaded: LoadedModel) -> tuple[Any, MethodPlan 
                 raise ConfigError("method none takes no params; drop them or choose a method")
             return adapter, None
         method = get_method(request.reduction.method)
+        if adapter.methods is not None and method.name not in adapter.methods:
+            raise ConfigError(
+                f"{adapter.family} models support {', '.join(adapter.methods)}, not "
+                f"{method.name}; choose a supported method"
+            )
         params = parse_params(method.name, method.params_type, request.reduction.params)
         geometry = ModelGeometry(
             adapter.num_layers(loaded.model),
             adapter.num_tokens(loaded.model),
             adapter.protected_tokens(loaded.model),
+            adapter.default_metric,
         )
         return adapter, method.plan(params, geometry)
     except (ConfigError, AdapterError, OpValidationError) as exc:
         raise UsageError(str(exc)) from None
 
 
-def _max_abs_error(model: onnx.ModelProto, torch_model: nn.Module, x: torch.Tensor) -> float:
+def _max_abs_error(model: onnx.ModelProto, torch_model: nn.Module, io: GraphIO) -> float:
+    """The largest difference between ONNX Runtime and torch over every output."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {INPUT_NAME: x.numpy()})
+    got = session.run(None, {name: t.numpy() for name, t in io.example.items()})
     with torch.no_grad():
-        want = torch_model(x).numpy()
-    return float(np.abs(got - want).max())
+        want = torch_model(*io.example.values())
+    want = want if isinstance(want, tuple) else (want,)
+    return max(float(np.abs(g - w.numpy()).max()) for g, w in zip(got, want, strict=True))
 
 
 def _tensor_spec(value: onnx.ValueInfoProto) -> dict[str, Any]:
@@ -93,23 +100,30 @@ def _tensor_spec(value: onnx.ValueInfoProto) -> dict[str, Any]:
     return {"name": value.name, "shape": shape, "dtype": dtype}
 
 
-def _tool_versions() -> dict[str, str]:
+def _tool_versions(source: str) -> dict[str, str]:
     import onnxruntime
     import onnxscript
-    import timm
 
-    return {
+    versions = {
         "trimformer": __version__,
         "torch": torch.__version__,
-        "timm": timm.__version__,
         "onnx": onnx.__version__,
         "onnxscript": onnxscript.__version__,
         "onnxruntime": onnxruntime.__version__,
         "python": platform.python_version(),
     }
+    if source == "hf":
+        import transformers
+
+        versions["transformers"] = transformers.__version__
+    else:
+        import timm
+
+        versions["timm"] = timm.__version__
+    return versions
 
 
-def _labels(num_classes: int) -> list[str] | None:
+def _labels(num_classes: int | None) -> list[str] | None:
     if num_classes != 1000:
         return None
     from timm.data import ImageNetInfo
@@ -130,14 +144,15 @@ def export_bundle(request: ExportRequest, step: Step = lambda _: None) -> dict[s
         )
     started = time.perf_counter()
     step("load model")
-    loaded = load_model(request.model, request.checkpoint, request.pretrained, request.image_size)
+    torch.manual_seed(request.seed)
+    options = ModelOptions(
+        request.checkpoint, request.pretrained, request.image_size, request.seq_len, request.batch
+    )
+    loaded = load_model(request.model, options)
     adapter, plan = _plan(request, loaded)
     model = loaded.model
     reduced = adapter.insert(model, plan.reducer).eval() if plan and plan.reduces else model
 
-    torch.manual_seed(request.seed)
-    dynamic = request.batch is None
-    example = torch.randn(2 if dynamic else request.batch, *loaded.preprocess["input_size"])
     variants = {"model": reduced} if reduced is model else {"model": reduced, "full": model}
     graphs: dict[str, onnx.ModelProto] = {}
     graph_info: dict[str, dict[str, Any]] = {}
@@ -146,13 +161,11 @@ def export_bundle(request: ExportRequest, step: Step = lambda _: None) -> dict[s
     for name, module in variants.items():
         step(f"export {'reduced' if name == 'model' and plan else 'full'} graph")
         with adapter.export_patches(module):
-            graph, used = export_onnx(
-                module, example, INPUT_NAME, OUTPUT_NAME, request.opset, dynamic
-            )
+            graph, used = export_onnx(module, loaded.io, request.opset)
         ops.update(used)
         if request.verify:
             step(f"verify {name}.onnx against torch")
-            errors[name] = _max_abs_error(graph, module, example)
+            errors[name] = _max_abs_error(graph, module, loaded.io)
             if not errors[name] <= VERIFY_ATOL:
                 raise RuntimeFailure(
                     f"{name}.onnx differs from the torch model by {errors[name]:.3g} "
@@ -164,7 +177,7 @@ def export_bundle(request: ExportRequest, step: Step = lambda _: None) -> dict[s
             "file": f"{name}.onnx",
             "inputs": [_tensor_spec(v) for v in graph.graph.input],
             "outputs": [_tensor_spec(v) for v in graph.graph.output],
-            "flops": count_flops(module, example),
+            "flops": count_flops(module, loaded.io),
         }
     num_tokens = adapter.num_tokens(model)
     manifest = {
@@ -173,7 +186,7 @@ def export_bundle(request: ExportRequest, step: Step = lambda _: None) -> dict[s
             "source": loaded.source,
             "family": adapter.family,
             "weights": loaded.weights,
-            "num_classes": int(model.num_classes),
+            "num_classes": loaded.num_classes,
             "tokens": num_tokens,
             "protected_tokens": adapter.protected_tokens(model),
         },
@@ -188,11 +201,11 @@ def export_bundle(request: ExportRequest, step: Step = lambda _: None) -> dict[s
         "opset": request.opset,
         "ops": ops,
         "preprocess": loaded.preprocess,
-        "labels": _labels(int(model.num_classes)),
+        "labels": _labels(loaded.num_classes),
         "verify": {"atol": VERIFY_ATOL, "max_abs_error": errors} if request.verify else None,
-        "tools": _tool_versions(),
+        "tools": _tool_versions(loaded.source),
         "export_seconds": round(time.perf_counter() - started, 1),
     }
     step("write bundle")
-    write_bundle(request.output, graphs, manifest, request.force)
+    write_bundle(request.output, graphs, manifest, request.force, loaded.assets)
     return manifest

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from typing import Any
 
 import onnx
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 
 from trimformer.errors import RuntimeFailure
 from trimformer.exporter.functions import attach_functions, translation_table
+from trimformer.models.base import GraphIO
 
 __all__ = ["export_onnx"]
 
@@ -25,20 +27,43 @@ def _summary(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def export_onnx(
-    module: nn.Module,
-    example: torch.Tensor,
-    input_name: str,
-    output_name: str,
-    opset: int,
-    dynamic_batch: bool,
-) -> tuple[onnx.ModelProto, dict[str, int]]:
-    """Export ``module(example)``; return the model and the trimformer ops it calls {name: version}.
+def _dynamic_shapes(graph_io: GraphIO) -> tuple[dict[int, Any], ...] | None:
+    """torch.export dims for ``io.dynamic``; one Dim object per name, shared across inputs."""
+    if not graph_io.dynamic:
+        return None
+    dims = {
+        name: torch.export.Dim(name, min=1, max=4096)
+        for axes in graph_io.dynamic.values()
+        for name in axes.values()
+    }
+    return tuple(
+        {axis: dims[dim] for axis, dim in graph_io.dynamic.get(name, {}).items()}
+        for name in graph_io.example
+    )
 
-    With ``dynamic_batch`` the first input dimension is symbolic ("batch"); the example should then
-    have batch >= 2 so that torch does not specialise it to 1.
+
+def _name_dims(model: onnx.ModelProto, graph_io: GraphIO) -> None:
+    """Name dynamic dims as ``graph_io.dynamic`` does (torch writes its own symbols); outputs
+    get a leading "batch" dim when the batch is dynamic."""
+    for value in model.graph.input:
+        for axis, dim_name in graph_io.dynamic.get(value.name, {}).items():
+            dim = value.type.tensor_type.shape.dim[axis]
+            dim.ClearField("dim_value")
+            dim.dim_param = dim_name
+    if any("batch" in axes.values() for axes in graph_io.dynamic.values()):
+        for value in model.graph.output:
+            dim = value.type.tensor_type.shape.dim[0]
+            dim.ClearField("dim_value")
+            dim.dim_param = "batch"
+
+
+def export_onnx(
+    module: nn.Module, graph_io: GraphIO, opset: int
+) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """Export ``module(*graph_io.example)``; return the model and the trimformer ops it calls.
+
+    Inputs and outputs are named as ``graph_io`` names them, its dynamic axes symbolic.
     """
-    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
     log = io.StringIO()
     try:
         with (
@@ -50,12 +75,12 @@ def export_onnx(
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 module,
-                (example,),
+                tuple(graph_io.example.values()),
                 dynamo=True,
-                input_names=[input_name],
-                output_names=[output_name],
+                input_names=list(graph_io.example),
+                output_names=list(graph_io.outputs),
                 opset_version=opset,
-                dynamic_shapes=dynamic_shapes,
+                dynamic_shapes=_dynamic_shapes(graph_io),
                 custom_translation_table=translation_table(),
                 verbose=False,
                 optimize=True,
@@ -65,11 +90,7 @@ def export_onnx(
             f"torch could not export the model to ONNX: {_summary(exc)[:300]}"
         ) from exc
     model = program.model_proto
-    if dynamic_batch:
-        for value in (*model.graph.input, *model.graph.output):
-            dim = value.type.tensor_type.shape.dim[0]
-            dim.ClearField("dim_value")
-            dim.dim_param = "batch"
+    _name_dims(model, graph_io)
     ops = attach_functions(model)
     onnx.checker.check_model(model)
     return model, ops

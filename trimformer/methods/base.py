@@ -39,6 +39,7 @@ class ModelGeometry:
     num_layers: int
     num_tokens: int
     protected: int
+    matching: str = "keys"  # the family's default features for matching tokens (keys, hidden)
 
 
 @dataclass(frozen=True)

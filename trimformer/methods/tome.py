@@ -29,6 +29,7 @@ class ToMeParams:
     r: int | tuple[int, ...] = 13
     schedule: Literal["constant", "decreasing"] = "constant"
     proportional_attention: bool = True
+    metric: Literal["auto", "keys", "hidden"] = "auto"  # auto: the model family's default
 
     def __post_init__(self) -> None:
         values = self.r if isinstance(self.r, tuple) else (self.r,)
@@ -58,6 +59,7 @@ class ToMeReducer:
     r_per_layer: tuple[int, ...]
     protected: int
     proportional_attention: bool
+    metric: str = "keys"
 
     def __call__(
         self, layer: int, x: torch.Tensor, state: TokenState, taps: AttentionTaps
@@ -66,7 +68,7 @@ class ToMeReducer:
         if r == 0:
             return x, state
         x, sizes = torch.ops.trimformer.bipartite_merge(
-            x, taps.keys, state.sizes_or_ones(x), r, self.protected
+            x, taps.matching_metric(self.metric), state.sizes_or_ones(x), r, self.protected
         )
         return x, TokenState(sizes=sizes)
 
@@ -78,6 +80,7 @@ class ToMe:
 
     def plan(self, params: ToMeParams, geometry: ModelGeometry) -> MethodPlan:
         requested = params.per_layer(geometry.num_layers)
+        metric = geometry.matching if params.metric == "auto" else params.metric
         tokens, applied, clamped = geometry.num_tokens, [], []
         for layer, r in enumerate(requested):
             limit = max_merge_r(tokens, geometry.protected)
@@ -108,7 +111,10 @@ class ToMe:
                 "r": list(params.r) if isinstance(params.r, tuple) else params.r,
                 "schedule": params.schedule,
                 "proportional_attention": params.proportional_attention,
+                "metric": metric,
                 "r_per_layer": applied,
             },
-            reducer=ToMeReducer(tuple(applied), geometry.protected, params.proportional_attention),
+            reducer=ToMeReducer(
+                tuple(applied), geometry.protected, params.proportional_attention, metric
+            ),
         )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from trimformer.models import hf_text as _hf_text  # noqa: F401  (registers the adapter)
 from trimformer.models import timm_vit as _timm_vit  # noqa: F401  (registers the adapter)
 from trimformer.models.base import (
     AdapterError,
     AttentionTaps,
+    GraphIO,
     ModelAdapter,
     Reducer,
     TokenState,
@@ -16,6 +18,7 @@ from trimformer.models.base import (
 __all__ = [
     "AdapterError",
     "AttentionTaps",
+    "GraphIO",
     "ModelAdapter",
     "Reducer",
     "TokenState",

@@ -20,8 +20,10 @@ from torch import nn
 __all__ = [
     "AdapterError",
     "AttentionTaps",
+    "GraphIO",
     "ModelAdapter",
     "Reducer",
+    "Tap",
     "TokenState",
     "adapter_for",
     "register_adapter",
@@ -47,11 +49,34 @@ class AttentionTaps:
     head_keys: torch.Tensor
     scale: float
     bias: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None  # [B,N,C] the block's state after the attention residual
+    token_mask: torch.Tensor | None = None  # [B,N] 1 for real tokens, 0 for padding (text)
 
     @property
     def keys(self) -> torch.Tensor:
         """Keys averaged over heads [B,N,Dh] (ToMe's matching metric)."""
         return self.head_keys.mean(dim=1)
+
+    def matching_metric(self, kind: str) -> torch.Tensor:
+        """Features to match tokens on: ``keys`` (ToMe's) or ``hidden`` states [B,N,*].
+
+        With padding, real tokens become [unit features, sqrt(3)] and padding the constant
+        [0, -1]: cosines between real tokens map monotonically to [0.5, 1], between padding to
+        exactly 1, and between real and padding to -0.87. So padding is matched with padding
+        first, and never merged into a real token while a real partner exists.
+        """
+        if kind == "hidden":
+            if self.hidden is None:
+                raise ValueError("this adapter does not expose hidden states for matching")
+            metric = self.hidden
+        else:
+            metric = self.keys
+        if self.token_mask is None:
+            return metric
+        real = self.token_mask.unsqueeze(-1).to(metric.dtype)
+        unit = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        side = real * (3**0.5 + 1) - 1
+        return torch.cat([unit * real, side], dim=-1)
 
     def _probs(self, queries: torch.Tensor) -> torch.Tensor:
         logits = (queries * self.scale) @ self.head_keys.transpose(-2, -1)
@@ -83,6 +108,26 @@ class TokenState:
         return self.sizes if self.sizes is not None else torch.ones_like(x[..., :1])
 
 
+@dataclass(frozen=True)
+class GraphIO:
+    """What an exported graph takes and returns, as the model's forward sees it.
+
+    ``example`` holds one example tensor per input, in the order of the forward's arguments, with
+    batch >= 2 where the batch is dynamic (torch would otherwise specialise it to 1);
+    ``dynamic`` names each dynamic axis per input; ``outputs`` names the forward's outputs.
+    """
+
+    example: dict[str, torch.Tensor]
+    dynamic: dict[str, dict[int, str]]
+    outputs: tuple[str, ...]
+
+    @classmethod
+    def image(cls, pixels: torch.Tensor, dynamic_batch: bool = True) -> GraphIO:
+        """An image classifier's: ``pixel_values`` in, ``logits`` out."""
+        dynamic = {"pixel_values": {0: "batch"}} if dynamic_batch else {}
+        return cls({"pixel_values": pixels}, dynamic, ("logits",))
+
+
 class Reducer(Protocol):
     """A method's per-forward reduction, called by the adapter between attention and MLP."""
 
@@ -97,6 +142,8 @@ class ModelAdapter(Protocol):
     """One model family (see the module docstring)."""
 
     family: str
+    default_metric: str  # features ToMe-style matching uses unless a config says otherwise
+    methods: tuple[str, ...] | None  # the reduction methods it supports; None: all
 
     def matches(self, model: nn.Module) -> bool: ...
 
@@ -109,6 +156,29 @@ class ModelAdapter(Protocol):
     def insert(self, model: nn.Module, reducer: Reducer) -> nn.Module: ...
 
     def export_patches(self, model: nn.Module) -> AbstractContextManager[nn.Module]: ...
+
+
+class Tap(nn.Module):
+    """Wraps a module inside an attention (a q/k norm or projection) and keeps its last output,
+    so the reduction reads queries and keys exactly as the model's own attention code made them.
+    """
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self._value: torch.Tensor | None = None
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        t = self.inner(t)
+        self._value = t
+        return t
+
+    def take(self) -> torch.Tensor:
+        """Return the tensor captured by the last attention call and forget it."""
+        value, self._value = self._value, None
+        if value is None:
+            raise RuntimeError("attention ran without computing queries and keys")
+        return value
 
 
 _ADAPTERS: list[ModelAdapter] = []

@@ -1,37 +1,63 @@
 """Build a model by name, with random weights, a local checkpoint, or the hub's pretrained weights.
 
-Checkpoints load safely: safetensors, or a torch file through ``torch.load(weights_only=True)``,
-which refuses pickled code. Nothing here needs a network unless ``pretrained`` is asked for.
+Sources: a timm name (``NAME`` or ``timm:NAME``), a timm folder (``config.json`` naming an
+``architecture`` + ``model.safetensors``), or a Hugging Face model (``hf:ORG/NAME`` or a
+``save_pretrained`` / sentence-transformers folder; see hf_loading). Checkpoints load safely:
+safetensors, or a torch file through ``torch.load(weights_only=True)``, which refuses pickled
+code. Nothing here needs a network unless ``pretrained`` or a hub id is asked for.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from trimformer.errors import UsageError
+from trimformer.models.base import GraphIO
 
-__all__ = ["LoadedModel", "load_checkpoint", "load_model"]
+__all__ = ["LoadedModel", "ModelOptions", "load_checkpoint", "load_model"]
 
 log = logging.getLogger(__name__)
 
 _TIMM_PREFIX = "timm:"
+_HF_PREFIX = "hf:"
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How to build the model and the shapes of its exported inputs."""
+
+    checkpoint: Path | None = None
+    pretrained: bool = False
+    image_size: int | None = None
+    seq_len: int | None = None
+    batch: int | None = None  # None: dynamic batch dimension
+
+    @property
+    def example_batch(self) -> int:
+        """Batch of the example inputs: >= 2 when dynamic, so torch does not specialise it."""
+        return 2 if self.batch is None else self.batch
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model ready to adapt, where it came from, and how to preprocess its inputs."""
+    """A model ready to adapt, where it came from, its graph inputs, and how to preprocess them."""
 
     model: nn.Module
     model_id: str
-    source: str  # "timm"
-    weights: str  # "random", "pretrained" or "checkpoint:<file name>"
+    source: str  # "timm" or "hf"
+    weights: str  # "random", "pretrained", "checkpoint:<file name>" or "folder:<name>"
     preprocess: dict
+    io: GraphIO
+    num_classes: int | None = None
+    assets: dict[str, Callable[[Path], None]] = field(default_factory=dict)
 
 
 def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -67,23 +93,56 @@ def _num_classes(state: dict[str, torch.Tensor]) -> int | None:
     return int(head.shape[0]) if head is not None and head.ndim == 2 else None
 
 
-def load_model(
-    name: str,
-    checkpoint: Path | None = None,
-    pretrained: bool = False,
-    image_size: int | None = None,
-) -> LoadedModel:
-    """Create a timm model by name (``NAME`` or ``timm:NAME``) in eval mode."""
+def _folder_kind(path: Path) -> str | None:
+    """ "timm" or "hf" for a model folder, None when ``path`` is not one."""
+    config = path / "config.json"
+    if (path / "modules.json").is_file():
+        return "hf"
+    if not config.is_file():
+        return None
+    try:
+        keys = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{config} is not valid JSON ({exc}); fix or re-save the model") from None
+    if "architecture" in keys:
+        return "timm"
+    return "hf" if "model_type" in keys else None
+
+
+def load_model(name: str, options: ModelOptions | None = None) -> LoadedModel:
+    """Build the model ``name`` names (see the module docstring), in eval mode."""
+    options = options or ModelOptions()
+    if options.checkpoint is not None and options.pretrained:
+        raise UsageError("--checkpoint and --pretrained both set; choose one source of weights")
+    path = Path(name)
+    kind = _folder_kind(path) if path.is_dir() else None
+    if path.is_dir() and kind is None:
+        raise UsageError(
+            f"{name} is a folder but holds no model: expected a timm folder (config.json with "
+            "'architecture' + model.safetensors) or a Hugging Face / sentence-transformers folder"
+        )
+    if kind == "hf" or name.startswith(_HF_PREFIX):
+        from trimformer.models.hf_loading import load_hf_model
+
+        return load_hf_model(name, options)
+    return _load_timm(name, options, folder=path if kind == "timm" else None)
+
+
+def _load_timm(name: str, options: ModelOptions, folder: Path | None) -> LoadedModel:
+    """A timm model by name (``NAME`` or ``timm:NAME``) or from a timm folder."""
     import timm
     import timm.data
 
-    model_id = name.removeprefix(_TIMM_PREFIX)
-    if not timm.is_model(model_id):
+    checkpoint, pretrained, image_size = options.checkpoint, options.pretrained, options.image_size
+    if options.seq_len is not None:
+        raise UsageError("--seq-len is for text models; image models take --image-size")
+    model_id = folder.name if folder is not None else name.removeprefix(_TIMM_PREFIX)
+    if folder is None and not timm.is_model(model_id):
         close = difflib.get_close_matches(model_id, timm.list_models(), n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}?" if close else "see `timm.list_models()`"
         raise UsageError(f"unknown model {name!r}; {hint}")
-    if checkpoint is not None and pretrained:
-        raise UsageError("--checkpoint and --pretrained both set; choose one source of weights")
+    if folder is not None and pretrained:
+        raise UsageError(f"{folder} holds its own weights; drop --pretrained")
     kwargs: dict = {}
     if image_size is not None:
         if image_size <= 0:
@@ -93,8 +152,13 @@ def load_model(
     if state is not None and (classes := _num_classes(state)) is not None:
         kwargs["num_classes"] = classes
     try:
-        model = timm.create_model(model_id, pretrained=pretrained, **kwargs)
+        if folder is not None:  # timm reads config.json and the weights next to it
+            model = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True, **kwargs)
+        else:
+            model = timm.create_model(model_id, pretrained=pretrained, **kwargs)
     except (OSError, RuntimeError) as exc:  # hub unreachable, no cached weights
+        if folder is not None:
+            raise UsageError(f"cannot load the timm folder {folder}: {exc}") from None
         if not pretrained:
             raise
         raise UsageError(
@@ -110,6 +174,8 @@ def load_model(
                 f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:2]})"
             )
         weights = f"checkpoint:{checkpoint.name}"
+    elif folder is not None:
+        weights = f"folder:{folder.name}"
     elif pretrained:
         weights = "pretrained"
     else:
@@ -119,4 +185,8 @@ def load_model(
     if image_size is not None:  # the pretrained config still names the default resolution
         config["input_size"] = (config["input_size"][0], image_size, image_size)
     preprocess = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
-    return LoadedModel(model.eval(), model_id, "timm", weights, preprocess)
+    example = torch.randn(options.example_batch, *config["input_size"])
+    io = GraphIO.image(example, dynamic_batch=options.batch is None)
+    return LoadedModel(
+        model.eval(), model_id, "timm", weights, preprocess, io, int(model.num_classes)
+    )

@@ -25,32 +25,12 @@ from trimformer.models.base import (
     AdapterError,
     AttentionTaps,
     Reducer,
+    Tap,
     TokenState,
     register_adapter,
 )
 
 __all__ = ["TimmViTAdapter"]
-
-
-class Tap(nn.Module):
-    """Wraps an attention's q_norm or k_norm and keeps its output [B,H,N,Dh] for the block."""
-
-    def __init__(self, norm: nn.Module) -> None:
-        super().__init__()
-        self.norm = norm
-        self._value: torch.Tensor | None = None
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        t = self.norm(t)
-        self._value = t
-        return t
-
-    def take(self) -> torch.Tensor:
-        """Return the tensor captured by the last attention call and forget it."""
-        value, self._value = self._value, None
-        if value is None:
-            raise RuntimeError("attention ran without computing queries and keys")
-        return value
 
 
 class ReducingBlocks(nn.Sequential):
@@ -78,7 +58,7 @@ class ReducingBlocks(nn.Sequential):
             bias = state.sizes.log().transpose(1, 2).unsqueeze(1)  # [B,1,1,N] added to logits
         attn = block.attn
         x = x + block.drop_path1(block.ls1(attn(block.norm1(x), attn_mask=bias)))
-        taps = AttentionTaps(attn.q_norm.take(), attn.k_norm.take(), attn.scale, bias)
+        taps = AttentionTaps(attn.q_norm.take(), attn.k_norm.take(), attn.scale, bias, x)
         x, state = self.reducer(layer, x, state, taps)
         x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
         return x, state
@@ -106,6 +86,8 @@ class TimmViTAdapter:
     """timm ``VisionTransformer`` models with standard blocks and class-token pooling."""
 
     family = "timm-vit"
+    default_metric = "keys"  # ToMe's choice for ViTs
+    methods = None
 
     def matches(self, model: nn.Module) -> bool:
         from timm.models.vision_transformer import VisionTransformer

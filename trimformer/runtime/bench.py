@@ -74,7 +74,8 @@ class BenchResult:
 
 
 def random_inputs(specs: Sequence[TensorSpec], batch: int) -> dict[str, np.ndarray]:
-    """Inputs of the declared shapes, dynamic dims set to ``batch``: floats ~ N(0, 1), else 0."""
+    """Inputs of the declared shapes, dynamic dims set to ``batch``: floats ~ N(0, 1), integers
+    0 (token ids, token types) except ``attention_mask``, 1 (no padding: every token is real)."""
     rng = np.random.default_rng(_SEED)
     feed = {}
     for spec in specs:
@@ -83,7 +84,8 @@ def random_inputs(specs: Sequence[TensorSpec], batch: int) -> dict[str, np.ndarr
         if np.issubdtype(dtype, np.floating):
             feed[spec.name] = rng.standard_normal(shape).astype(dtype)
         else:
-            feed[spec.name] = np.zeros(shape, dtype=dtype)
+            fill = 1 if spec.name == "attention_mask" else 0
+            feed[spec.name] = np.full(shape, fill, dtype=dtype)
     return feed
 
 
