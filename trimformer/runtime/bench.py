@@ -141,17 +141,21 @@ def _progress(enabled: bool) -> Progress:
     )
 
 
+def _warm_up(
+    sessions: Sequence[Session], feeds: Sequence[dict[str, np.ndarray]], warmup: int
+) -> None:
+    for _ in range(warmup):
+        for session, feed in zip(sessions, feeds, strict=True):
+            session._run_impl(feed)
+
+
 def _time_runs(
     sessions: Sequence[Session],
     feeds: Sequence[dict[str, np.ndarray]],
     runs: int,
-    warmup: int,
     bar: Progress,
 ) -> list[list[float]]:
     """Seconds per run of each session; iteration i starts with session i mod n."""
-    for _ in range(warmup):
-        for session, feed in zip(sessions, feeds, strict=True):
-            session._run_impl(feed)
     times: list[list[float]] = [[] for _ in sessions]
     order = list(range(len(sessions)))
     task = bar.add_task("benchmark", total=runs)
@@ -248,9 +252,10 @@ def benchmark(
         feeds = [s.check_inputs(random_inputs(s.inputs, batch)) for s in sessions]
         telemetry = Telemetry(_gpu_device(sessions[0]))
         with _progress(progress) as bar:
+            _warm_up(sessions, feeds, warmup)
             window = nullcontext() if vs_full else telemetry.energy_window()
             with window as timed:
-                times = _time_runs(sessions, feeds, runs, warmup, bar)
+                times = _time_runs(sessions, feeds, runs, bar)
             rss = memory.stop() if memory is not None else None
             gpu = telemetry.gpu_memory_mb()
             if vs_full and telemetry.meters:
