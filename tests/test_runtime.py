@@ -238,6 +238,17 @@ def test_benchmark_vs_full(bundle: Path) -> None:
         "full_flops",
         "speedup",
         "flops_ratio",
+        "peak_rss_mb",
+        "rss_before_mb",
+        "rss_after_mb",
+        "peak_rss_scope",
+        "gpu_memory_mb",
+        "gpu_memory_scope",
+        "energy_mj_per_inference",
+        "full_energy_mj_per_inference",
+        "energy_covers",
+        "jetson",
+        "telemetry_notes",
     }
     json.dumps(data)
     for key in ("latency_ms_p50", "latency_ms_p90", "latency_ms_mean", "throughput"):
@@ -248,13 +259,13 @@ def test_benchmark_vs_full(bundle: Path) -> None:
     assert data["flops_ratio"] == pytest.approx(data["full_flops"] / data["flops"])
     assert (data["batch"], data["runs"], data["threads"]) == (3, 6, 1)
     table = render_table(result)
-    assert [c.header for c in table.columns] == [
+    assert [c.header for c in table.columns][:5] == [
         "graph",
         "p50 ms",
         "p90 ms",
         "throughput/s",
         "GFLOPs",
-    ]
+    ]  # then one energy column per readable source
     assert table.row_count == 2 and "speed-up" in str(table.caption)
 
 
@@ -262,6 +273,7 @@ def test_benchmark_reduced_only(bundle: Path) -> None:
     result = benchmark(bundle, runs=2, warmup=0, progress=True)
     assert isinstance(result, BenchResult)
     assert "speedup" not in result.to_json()
+    assert "full_energy_mj_per_inference" not in result.to_json()
     assert render_table(result).row_count == 1
     with pytest.raises(UsageError, match="runs must be an integer >= 1"):
         benchmark(bundle, runs=0)

@@ -268,7 +268,12 @@ def bench(
     json_path: Path | None,
     profile_ops: bool,
 ) -> None:
-    """Time a bundle on ONNX Runtime: p50/p90 latency, throughput, optionally vs the full model."""
+    """Time a bundle on ONNX Runtime: p50/p90 latency, throughput, optionally vs the full model.
+
+    Also reports peak memory and, where the platform exposes it, energy per inference.
+    """
+    from rich.markup import escape
+
     from trimformer.runtime import benchmark
     from trimformer.runtime.bench import render_table
 
@@ -276,6 +281,8 @@ def bench(
         bundle, batch=batch, threads=threads, runs=runs, warmup=warmup, vs_full=vs_full
     )
     out.print(render_table(result))
+    for note in result.telemetry_notes:  # one line per figure that cannot be read here, and why
+        console.print(f"[dim]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     figures = result.to_json()
     if profile_ops:
         from trimformer.runtime.op_profile import profile_ops as profile

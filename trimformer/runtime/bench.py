@@ -3,13 +3,18 @@
 With ``vs_full`` the two graphs are timed interleaved (reduced, full, then full, reduced, ...),
 so drift in clock speed, temperature or background load falls on both alike and the speed-up
 is a fair ratio. Timings cover ``Session`` runs only; inputs are checked once, before timing.
+
+Beside the timings it reports what ``telemetry`` can read here: the process's peak RSS, GPU
+memory (NVML) and energy per inference (RAPL, NVML, tegrastats), the Jetson power mode and clock
+locks, and one note for each figure that applies but cannot be read.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +25,7 @@ from rich.table import Table
 
 from trimformer.errors import UsageError
 from trimformer.runtime.session import Provider, Session, TensorSpec, load
+from trimformer.runtime.telemetry import RssMeter, Telemetry, Unavailable
 
 __all__ = ["BenchResult", "benchmark", "random_inputs", "render_table"]
 
@@ -32,8 +38,10 @@ _FULL_KEYS = frozenset(
         "full_flops",
         "speedup",
         "flops_ratio",
+        "full_energy_mj_per_inference",
     }
 )
+_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,14 @@ class BenchResult:
     """Latency (ms), throughput (items/s at p50) and FLOPs of one batch; full_* with vs_full.
 
     ``threads`` is as requested (None: ONNX Runtime's default); ``providers`` as in use.
+    Memory is the process's, in MB, from loading the graphs to the end of the timed runs (with
+    vs_full both graphs are loaded, so it is theirs together); ``peak_rss_scope`` says whether
+    the peak is that section's or the process's lifetime one. ``gpu_memory_mb`` is NVML's
+    figure after the timed runs (ONNX Runtime's CUDA arena keeps its peak), ``gpu_memory_scope``
+    "process" or "device". Energy is mJ per inference (one item of a batch) by source, whole
+    device with idle draw, ``energy_covers`` says what each source measures. ``jetson`` holds
+    the power mode and clock locks on Jetson; ``telemetry_notes`` one line per figure that
+    applies here but could not be read, with why.
     """
 
     latency_ms_p50: float
@@ -58,6 +74,17 @@ class BenchResult:
     full_flops: int | None = None
     speedup: float | None = None
     flops_ratio: float | None = None
+    peak_rss_mb: float | None = None
+    rss_before_mb: float | None = None
+    rss_after_mb: float | None = None
+    peak_rss_scope: str | None = None
+    gpu_memory_mb: float | None = None
+    gpu_memory_scope: str | None = None
+    energy_mj_per_inference: dict[str, float] = field(default_factory=dict)
+    full_energy_mj_per_inference: dict[str, float] | None = None
+    energy_covers: dict[str, str] = field(default_factory=dict)
+    jetson: dict[str, Any] | None = None
+    telemetry_notes: tuple[str, ...] = ()
 
     @property
     def vs_full(self) -> bool:
@@ -67,6 +94,7 @@ class BenchResult:
         """The fields as a JSON-ready dict; the full_* / ratio keys only when timed vs_full."""
         data = asdict(self)
         data["providers"] = list(self.providers)
+        data["telemetry_notes"] = list(self.telemetry_notes)
         if not self.vs_full:
             for key in _FULL_KEYS:
                 del data[key]
@@ -105,7 +133,7 @@ def _percentiles(times_s: list[float]) -> tuple[float, float, float]:
 
 def _progress(enabled: bool) -> Progress:
     return Progress(
-        TextColumn("benchmark"),
+        TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -115,28 +143,75 @@ def _progress(enabled: bool) -> Progress:
     )
 
 
+def _warm_up(
+    sessions: Sequence[Session], feeds: Sequence[dict[str, np.ndarray]], warmup: int
+) -> None:
+    for _ in range(warmup):
+        for session, feed in zip(sessions, feeds, strict=True):
+            session._run_impl(feed)
+
+
 def _time_runs(
     sessions: Sequence[Session],
     feeds: Sequence[dict[str, np.ndarray]],
     runs: int,
-    warmup: int,
-    progress: bool,
+    bar: Progress,
 ) -> list[list[float]]:
     """Seconds per run of each session; iteration i starts with session i mod n."""
-    for _ in range(warmup):
-        for session, feed in zip(sessions, feeds, strict=True):
-            session._run_impl(feed)
     times: list[list[float]] = [[] for _ in sessions]
     order = list(range(len(sessions)))
-    with _progress(progress) as bar:
-        task = bar.add_task("runs", total=runs)
-        for i in range(runs):
-            for k in order[i % len(order) :] + order[: i % len(order)]:
-                start = time.perf_counter()
-                sessions[k]._run_impl(feeds[k])
-                times[k].append(time.perf_counter() - start)
-            bar.advance(task)
+    task = bar.add_task("benchmark", total=runs)
+    for i in range(runs):
+        for k in order[i % len(order) :] + order[: i % len(order)]:
+            start = time.perf_counter()
+            sessions[k]._run_impl(feeds[k])
+            times[k].append(time.perf_counter() - start)
+        bar.advance(task)
     return times
+
+
+def _energy_blocks(
+    telemetry: Telemetry,
+    sessions: Sequence[Session],
+    feeds: Sequence[dict[str, np.ndarray]],
+    runs: int,
+    bar: Progress,
+) -> list[dict[str, float]]:
+    """Energy (mJ) of ``runs`` runs of each graph, measured over that graph's own runs.
+
+    An energy counter cannot split an interleaved window between two graphs (NVML and
+    tegrastats update every tens of ms, longer than a run), so after the interleaved timing
+    each graph runs alone: reduced (first half), full (all), reduced (second half). The
+    reduced graph's two blocks sit around the full one so that a linear drift (warming up,
+    throttling) falls on both alike. A source missing from any block of a graph is dropped
+    for that graph.
+    """
+    blocks = [(0, runs - runs // 2), (1, runs), (0, runs // 2)]
+    task = bar.add_task("energy", total=2 * runs)
+    totals: list[dict[str, float]] = [{}, {}]
+    seen: list[list[set[str]]] = [[], []]
+    for k, count in blocks:
+        if count == 0:
+            continue
+        with telemetry.energy_window() as window:
+            for _ in range(count):
+                sessions[k]._run_impl(feeds[k])
+                bar.advance(task)
+        seen[k].append(set(window.mj))
+        for source, mj in window.mj.items():
+            totals[k][source] = totals[k].get(source, 0.0) + mj
+    return [
+        {source: mj for source, mj in total.items() if all(source in s for s in got)}
+        for total, got in zip(totals, seen, strict=True)
+    ]
+
+
+def _gpu_device(session: Session) -> int | None:
+    """The CUDA device the session runs on, or None when it uses no GPU provider."""
+    for name in _GPU_PROVIDERS:
+        if name in session.providers:
+            return int(session.provider_options.get(name, {}).get("device_id", 0))
+    return None
 
 
 def benchmark(
@@ -152,25 +227,54 @@ def benchmark(
     """Time the reduced graph (and the full one when ``vs_full``) on random inputs of ``batch``.
 
     Latencies are per batch; throughput is ``batch`` / p50. Nothing here asserts a speed-up:
-    the numbers are what this machine measured.
+    the numbers are what this machine measured. Energy is measured over the timed runs, or with
+    ``vs_full`` over each graph's own extra runs after them (see ``_energy_blocks``).
     """
     for name, value, least in (("batch", batch, 1), ("runs", runs, 1), ("warmup", warmup, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise UsageError(f"{name} must be an integer >= {least}, got {value!r}")
+    notes: list[str] = []
+    memory: RssMeter | None = None
+    try:
+        memory = RssMeter()
+    except Unavailable as exc:
+        notes.append(str(exc))
+    else:
+        memory.start()
     # Without spinning, one session's idle threads cannot slow the other one timed next.
     spinning = not vs_full
     sessions = [load(bundle, "model", providers=providers, threads=threads, spinning=spinning)]
-    if vs_full:
-        sessions.append(
-            load(bundle, "full", providers=providers, threads=threads, spinning=spinning)
-        )
+    telemetry: Telemetry | None = None
     try:
+        if vs_full:
+            sessions.append(
+                load(bundle, "full", providers=providers, threads=threads, spinning=spinning)
+            )
         flops = [_graph_flops(s, batch) for s in sessions]
         feeds = [s.check_inputs(random_inputs(s.inputs, batch)) for s in sessions]
-        times = _time_runs(sessions, feeds, runs, warmup, progress)
+        telemetry = Telemetry(_gpu_device(sessions[0]))
+        with _progress(progress) as bar:
+            _warm_up(sessions, feeds, warmup)
+            window = nullcontext() if vs_full else telemetry.energy_window()
+            with window as timed:
+                times = _time_runs(sessions, feeds, runs, bar)
+            rss = memory.stop() if memory is not None else None
+            gpu = telemetry.gpu_memory_mb()
+            if vs_full and telemetry.meters:
+                energy = _energy_blocks(telemetry, sessions, feeds, runs, bar)
+            else:
+                energy = [timed.mj if timed is not None else {}, {}]
+        if memory is not None and memory.note is not None:
+            notes.append(memory.note)
+        notes.extend(telemetry.notes)
+        covers = {s: c for s, c in telemetry.covers.items() if s in energy[0] or s in energy[1]}
+        jetson = telemetry.jetson.to_json() if telemetry.jetson else None
     finally:
         for session in sessions:
             session.close()
+        if telemetry is not None:
+            telemetry.close()
+    per_inference = [{s: mj / (runs * batch) for s, mj in e.items()} for e in energy]
     p50, p90, mean = _percentiles(times[0])
     result = BenchResult(
         latency_ms_p50=p50,
@@ -182,6 +286,16 @@ def benchmark(
         runs=runs,
         threads=threads,
         providers=sessions[0].providers,
+        peak_rss_mb=rss.peak_rss_mb if rss else None,
+        rss_before_mb=rss.rss_before_mb if rss else None,
+        rss_after_mb=rss.rss_after_mb if rss else None,
+        peak_rss_scope=rss.peak_scope if rss else None,
+        gpu_memory_mb=gpu[0] if gpu else None,
+        gpu_memory_scope=gpu[1] if gpu else None,
+        energy_mj_per_inference=per_inference[0],
+        energy_covers=covers,
+        jetson=jetson,
+        telemetry_notes=tuple(notes),
     )
     if not vs_full:
         return result
@@ -194,21 +308,30 @@ def benchmark(
         full_flops=flops[1],
         speedup=full_p50 / p50,
         flops_ratio=flops[1] / flops[0],
+        full_energy_mj_per_inference=per_inference[1],
     )
 
 
 def render_table(result: BenchResult) -> Table:
-    """A rich table of the result: one row per graph, speed-up and FLOPs ratio in the caption."""
+    """A rich table of the result: one row per graph (energy per source as columns when read);
+    speed-up, FLOPs ratio, memory and Jetson state in the caption."""
     table = Table(
         title=f"batch {result.batch}, {result.runs} runs, {', '.join(result.providers)}",
     )
-    for column in ("graph", "p50 ms", "p90 ms", "throughput/s", "GFLOPs"):
+    sources = sorted(
+        set(result.energy_mj_per_inference) | set(result.full_energy_mj_per_inference or {})
+    )
+    columns = ["graph", "p50 ms", "p90 ms", "throughput/s", "GFLOPs"]
+    columns += [f"mJ/inf {source}" for source in sources]
+    for column in columns:
         table.add_column(column, justify="left" if column == "graph" else "right")
     table.add_row(
         *_row(
             "reduced", result.latency_ms_p50, result.latency_ms_p90, result.throughput, result.flops
-        )
+        ),
+        *_energy_cells(result.energy_mj_per_inference, sources),
     )
+    caption = []
     if result.vs_full:
         table.add_row(
             *_row(
@@ -217,14 +340,39 @@ def render_table(result: BenchResult) -> Table:
                 result.full_latency_ms_p90,
                 result.full_throughput,
                 result.full_flops,
-            )
+            ),
+            *_energy_cells(result.full_energy_mj_per_inference or {}, sources),
         )
-        table.caption = (
+        caption.append(
             f"speed-up {result.speedup:.2f}x, FLOPs ratio {result.flops_ratio:.2f}x "
             "(full / reduced)"
         )
+    caption.extend(_telemetry_caption(result))
+    table.caption = "\n".join(caption) or None
     return table
 
 
 def _row(graph: str, p50: float, p90: float, throughput: float, flops: int) -> tuple[str, ...]:
     return graph, f"{p50:.3f}", f"{p90:.3f}", f"{throughput:.1f}", f"{flops / 1e9:.3f}"
+
+
+def _energy_cells(energy: dict[str, float], sources: Sequence[str]) -> list[str]:
+    return [f"{energy[s]:.2f}" if s in energy else "-" for s in sources]
+
+
+def _telemetry_caption(result: BenchResult) -> list[str]:
+    lines = []
+    if result.peak_rss_mb is not None:
+        line = f"peak RSS {result.peak_rss_mb:.1f} MB"
+        if result.rss_before_mb is not None:
+            line += f" ({result.rss_before_mb:.1f} before loading)"
+        if result.peak_rss_scope == "process":
+            line += ", process lifetime"
+        lines.append(line)
+    if result.gpu_memory_mb is not None:
+        lines.append(f"GPU memory {result.gpu_memory_mb:.1f} MB ({result.gpu_memory_scope})")
+    lines += [f"{source}: {covers}" for source, covers in result.energy_covers.items()]
+    if result.jetson is not None:
+        locked = {True: "yes", False: "no", None: "unknown"}[result.jetson["clocks_locked"]]
+        lines.append(f"nvpmodel {result.jetson['power_mode']}, clocks locked: {locked}")
+    return lines

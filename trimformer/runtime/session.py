@@ -146,6 +146,8 @@ class Session:
         session = self._open(_resolve_providers(providers), threads, profile_prefix, spinning)
         self._check_against_graph(session)
         self.providers: tuple[str, ...] = tuple(session.get_providers())
+        # provider -> its options as ONNX Runtime applied them (e.g. CUDA's "device_id")
+        self.provider_options: dict[str, dict[str, str]] = session.get_provider_options()
         self._ort: ort.InferenceSession | None = session
 
     def _open(
