@@ -51,6 +51,12 @@ param_keys = st.sampled_from(
         "iterations",
         "k",
         "ratio",
+        "partitions",
+        "budget_layer",
+        "select_layer",
+        "threshold",
+        "seed",
+        "gate",
         "",
     ]
 )

@@ -369,8 +369,7 @@ def _plan(model: nn.Module, reduction: ReductionConfig) -> tuple[ModelAdapter, M
         method = get_method(reduction.method)
         params = parse_params(method.name, method.params_type, reduction.params)
         protected = adapter.protected_tokens(model)
-        geometry = ModelGeometry(adapter.num_layers(model), adapter.num_tokens(model), protected)
-        return adapter, method.plan(params, geometry), protected
+        return adapter, method.plan(params, ModelGeometry.of(adapter, model)), protected
     except (ConfigError, AdapterError, OpValidationError) as exc:
         raise UsageError(str(exc)) from None
 

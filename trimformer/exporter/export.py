@@ -66,12 +66,7 @@ def _plan(request: ExportRequest, loaded: LoadedModel) -> tuple[Any, MethodPlan 
             return adapter, None
         method = get_method(request.reduction.method)
         params = parse_params(method.name, method.params_type, request.reduction.params)
-        geometry = ModelGeometry(
-            adapter.num_layers(loaded.model),
-            adapter.num_tokens(loaded.model),
-            adapter.protected_tokens(loaded.model),
-        )
-        return adapter, method.plan(params, geometry)
+        return adapter, method.plan(params, ModelGeometry.of(adapter, loaded.model))
     except (ConfigError, AdapterError, OpValidationError) as exc:
         raise UsageError(str(exc)) from None
 
