@@ -313,6 +313,26 @@ def test_gate_never_deletes_protected_tokens_and_masks_both_ways():
                 assert bias[b, q, k].item() == (0.0 if allowed else -math.inf)
 
 
+def test_visualize_shows_deleted_tokens_as_pruned(tmp_path):
+    from trimformer.visualize import PRUNED, layer_view, track_sources
+
+    model = tiny_vit(depth=4)
+    weight = write_gate(tmp_path / "g.safetensors", 48, seed=7)
+    adapter = adapter_for(model)
+    params = {"gate": str(tmp_path / "g.safetensors"), "layer": 1}
+    x = images(1, 32)
+    layers = track_sources(
+        model, adapter, plan("mrt5_gate", params, ModelGeometry.of(adapter, model)), x, 1
+    )
+    reference = copy.deepcopy(model)
+    reference.blocks = HardDeletion(reference.blocks, 1, weight, 0.0, 0.0, 1)
+    with torch.no_grad():
+        reference(x)
+    (kept,) = reference.blocks.kept
+    pruned = [int((layer_view(layer).kind == PRUNED).sum()) for layer in layers]
+    assert pruned == [0] + [65 - len(kept)] * 3 and 0 < len(kept) < 65
+
+
 def test_random_gate_warns(caplog):
     model = tiny_vit()
     with caplog.at_level("WARNING", logger="trimformer"):
