@@ -377,6 +377,7 @@ def test_gate_default_plan_and_profile():
 def bad_gate_files(tmp_path):
     files = {}
     files["missing"] = tmp_path / "missing.safetensors"
+    files["long"] = tmp_path / ("x" * 5000)
     files["garbage"] = tmp_path / "garbage.safetensors"
     files["garbage"].write_bytes(b"not a safetensors file")
     files["keys"] = tmp_path / "keys.safetensors"
@@ -407,6 +408,7 @@ def bad_gate_files(tmp_path):
         ("mrt5_gate", {"layer": 3}, "'layer' has \\[3\\] outside .* 0..2"),
         ("mrt5_gate", {"keep": 0.5}, "unknown key\\(s\\) '?keep"),
         ("mrt5_gate", {"gate": "missing"}, "key 'gate' names .*missing.safetensors, which is not"),
+        ("mrt5_gate", {"gate": "long"}, "key 'gate' names .*xxx, which is not a file"),
         ("mrt5_gate", {"gate": "garbage"}, "cannot read gate file"),
         ("mrt5_gate", {"gate": "keys"}, "must hold exactly tensors 'weight' \\[48\\] and 'bias'"),
         ("mrt5_gate", {"gate": "shape"}, "has weight \\[47\\] and bias \\[\\]; the model needs"),

@@ -52,7 +52,11 @@ def load_gate(path: str, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     from safetensors.torch import load_file
 
     file = Path(path)
-    if not file.is_file():
+    try:
+        found = file.is_file()
+    except OSError:  # e.g. a name too long for the file system
+        found = False
+    if not found:
         raise ConfigError(f"mrt5_gate: key 'gate' names {path}, which is not a file")
     try:
         tensors = load_file(file)
