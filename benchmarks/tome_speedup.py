@@ -53,11 +53,7 @@ def tome_plan(model_id: str, r: int):
     """The random-weight model, its adapter and ToMe plan, as the exporter builds them."""
     loaded = load_model(model_id)
     adapter = adapter_for(loaded.model)
-    geometry = ModelGeometry(
-        adapter.num_layers(loaded.model),
-        adapter.num_tokens(loaded.model),
-        adapter.protected_tokens(loaded.model),
-    )
+    geometry = ModelGeometry.of(adapter, loaded.model)
     method = get_method("tome")
     return (
         loaded,

@@ -99,7 +99,7 @@ def test_reduced_export_matches_torch_with_padding(tmp_path: Path, metric: str) 
 def _encoder_and_reduced(folder: Path, r: int):
     loaded = load_model(str(folder), ModelOptions(seq_len=SEQ_LEN))
     adapter = adapter_for(loaded.model)
-    geometry = ModelGeometry(2, SEQ_LEN, 1, adapter.default_metric)
+    geometry = ModelGeometry.of(adapter, loaded.model)
     method = get_method("tome")
     plan = method.plan(parse_params("tome", method.params_type, {"r": r}), geometry)
     return loaded.model, adapter.insert(loaded.model, plan.reducer)

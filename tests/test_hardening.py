@@ -26,7 +26,7 @@ from trimformer.methods import ConfigError, ModelGeometry, get_method, parse_par
 from trimformer.ops import OpValidationError, registered_ops
 from trimformer.profiles import load_reduction_config
 
-DEIT = ModelGeometry(num_layers=12, num_tokens=197, protected=1)
+DEIT = ModelGeometry(num_layers=12, num_tokens=197, protected=1, grid=(14, 14), dim=384)
 
 yaml_scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-5, 300), st.floats(allow_nan=True), st.text(max_size=8)
@@ -51,6 +51,12 @@ param_keys = st.sampled_from(
         "iterations",
         "k",
         "ratio",
+        "partitions",
+        "budget_layer",
+        "select_layer",
+        "threshold",
+        "seed",
+        "gate",
         "",
     ]
 )

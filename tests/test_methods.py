@@ -28,7 +28,7 @@ from trimformer.models import GraphIO, adapter_for
 from trimformer.profiles import list_reduction_profiles, load_reduction_config
 
 DEIT = "deit_tiny_patch16_224"
-DEIT_GEOMETRY = ModelGeometry(num_layers=12, num_tokens=197, protected=1)
+DEIT_GEOMETRY = ModelGeometry(num_layers=12, num_tokens=197, protected=1, grid=(14, 14), dim=192)
 
 
 def plan(method: str, params: dict, geometry: ModelGeometry = DEIT_GEOMETRY):
@@ -38,9 +38,7 @@ def plan(method: str, params: dict, geometry: ModelGeometry = DEIT_GEOMETRY):
 
 def reduce(model: nn.Module, method: str, **params) -> nn.Module:
     adapter = adapter_for(model)
-    geometry = ModelGeometry(
-        adapter.num_layers(model), adapter.num_tokens(model), adapter.protected_tokens(model)
-    )
+    geometry = ModelGeometry.of(adapter, model)
     return adapter.insert(model, plan(method, params, geometry).reducer).eval()
 
 

@@ -69,7 +69,9 @@ def _chosen_reduction(config: str | None, method: str | None) -> ReductionConfig
     return reduction
 
 
-def _overrides(r: str | None, schedule: str | None, keep: float | None) -> dict[str, Any]:
+def _overrides(
+    r: str | None, schedule: str | None, keep: float | None, k: int | None = None
+) -> dict[str, Any]:
     """Param overrides from the flags export and visualize share."""
     overrides: dict[str, Any] = {}
     if (r_value := _parse_r(r)) is not None:
@@ -78,6 +80,8 @@ def _overrides(r: str | None, schedule: str | None, keep: float | None) -> dict[
         overrides["schedule"] = schedule
     if keep is not None:
         overrides["keep"] = keep
+    if k is not None:
+        overrides["k"] = k
     return overrides
 
 
@@ -112,7 +116,8 @@ def cli() -> None:
 @click.option(
     "--method",
     default=None,
-    help="Reduction method: tome, evit, zero_tprune, divprune, tail_drop, keep_subset, or none.",
+    help="Reduction method: tome, evit, zero_tprune, divprune, tail_drop, keep_subset, hired, "
+    "mrt5_gate, or none.",
 )
 @click.option("--config", "config", default=None, help="Reduction profile name or YAML file.")
 @click.option(
@@ -125,6 +130,9 @@ def cli() -> None:
     help="ToMe r schedule.",
 )
 @click.option("--keep", type=float, default=None, help="EViT share of tokens kept, in (0, 1].")
+@click.option(
+    "--k", "k", type=int, default=None, help="Tokens kept (divprune, tail_drop, hired): a count."
+)
 @click.option(
     "--layers", default=None, help="EViT reducing layers, zero-based: 3,6,9 (the paper's 4,7,10)."
 )
@@ -170,6 +178,7 @@ def export(
     r: str | None,
     schedule: str | None,
     keep: float | None,
+    k: int | None,
     layers: str | None,
     sets: tuple[str, ...],
     batch: int | None,
@@ -191,12 +200,13 @@ def export(
     from trimformer.profiles import ReductionConfig
 
     reduction = _chosen_reduction(config, method) or ReductionConfig("none")
-    overrides = {**_parse_sets(sets), **_overrides(r, schedule, keep)}
+    overrides = {**_parse_sets(sets), **_overrides(r, schedule, keep, k)}
     if (layer_list := _parse_ints("--layers", layers, "zero-based layers (3,6,9)")) is not None:
         overrides["layers"] = layer_list
     if overrides and reduction.method == "none":
         raise UsageError(
-            "--r/--schedule/--keep/--layers/--set need a method; add --method tome or --method evit"
+            "--r/--schedule/--keep/--k/--layers/--set need a method; add --method tome or "
+            "--method evit"
         )
     reduction = ReductionConfig(
         reduction.method, {**reduction.params, **overrides}, reduction.source, reduction.description

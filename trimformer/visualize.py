@@ -9,7 +9,9 @@ selection gathers rows, a size-weighted merge averages them, so a merged token's
 patches' indicator divided by its size; EViT's fused token is a CLS-attention-weighted sum of
 rows instead. Per block, each patch is then *kept* (its token stands for it alone), *merged*
 (its token is the average of several patches), *fused* (its token is a weighted sum, not an
-average: EViT's extra token) or *pruned* (no token holds it).
+average: EViT's extra token) or *pruned* (no token holds it). A deletion gate keeps every token
+but masks some out of attention (``TokenState.attn_bias``): the tokens the first (CLS) token
+cannot attend to count as pruned.
 
 The figure, as in ToMe's: merged patches are filled with their group's mean colour and outlined
 in a colour of their own, so patches sharing both were merged together; kept patches show the
@@ -127,6 +129,9 @@ class SourceTracker:
             x, state = self.reducer(layer, x, state, taps)
         for spec, args in recorder.calls:
             self._sources = spec.torch_op(self._sources, *args[1:])[0]
+        if state.attn_bias is not None:  # a deletion mask: what the first token cannot see is gone
+            seen = state.attn_bias[:, 0, 0, :].isfinite().to(self._sources.dtype)
+            self._sources = self._sources * seen.unsqueeze(-1)
         self.layers.append(LayerSources(layer, self._sources, state.sizes_or_ones(x)))
         return x, state
 
@@ -369,8 +374,7 @@ def _plan(model: nn.Module, reduction: ReductionConfig) -> tuple[ModelAdapter, M
         method = get_method(reduction.method)
         params = parse_params(method.name, method.params_type, reduction.params)
         protected = adapter.protected_tokens(model)
-        geometry = ModelGeometry(adapter.num_layers(model), adapter.num_tokens(model), protected)
-        return adapter, method.plan(params, geometry), protected
+        return adapter, method.plan(params, ModelGeometry.of(adapter, model)), protected
     except (ConfigError, AdapterError, OpValidationError) as exc:
         raise UsageError(str(exc)) from None
 

@@ -70,13 +70,7 @@ def _plan(request: ExportRequest, loaded: LoadedModel) -> tuple[Any, MethodPlan 
                 f"{method.name}; choose a supported method"
             )
         params = parse_params(method.name, method.params_type, request.reduction.params)
-        geometry = ModelGeometry(
-            adapter.num_layers(loaded.model),
-            adapter.num_tokens(loaded.model),
-            adapter.protected_tokens(loaded.model),
-            adapter.default_metric,
-        )
-        return adapter, method.plan(params, geometry)
+        return adapter, method.plan(params, ModelGeometry.of(adapter, loaded.model))
     except (ConfigError, AdapterError, OpValidationError) as exc:
         raise UsageError(str(exc)) from None
 

@@ -14,7 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from trimformer.models.base import Reducer
+from torch import nn
+
+from trimformer.models.base import ModelAdapter, Reducer
 
 __all__ = [
     "ConfigError",
@@ -34,12 +36,30 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelGeometry:
-    """What a method needs to know of a model to plan static token counts."""
+    """What a method needs to know of a model to plan static token counts.
+
+    ``grid`` (rows, columns of the unprotected tokens) and ``dim`` (token width) are None when
+    unknown; methods that need them say so.
+    """
 
     num_layers: int
     num_tokens: int
     protected: int
+    grid: tuple[int, int] | None = None
+    dim: int | None = None
     matching: str = "keys"  # the family's default features for matching tokens (keys, hidden)
+
+    @classmethod
+    def of(cls, adapter: ModelAdapter, model: nn.Module) -> ModelGeometry:
+        """The geometry of ``model`` as its adapter reads it."""
+        return cls(
+            adapter.num_layers(model),
+            adapter.num_tokens(model),
+            adapter.protected_tokens(model),
+            adapter.patch_grid(model),
+            adapter.embed_dim(model),
+            adapter.default_metric,
+        )
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Planning shared by methods that keep some of the unprotected tokens at chosen blocks.
 
-``KeepBudget`` is the params part they share (a share ``keep`` or a count ``k``, and the
-zero-based ``layers``, by default the middle block), validated once for all of them;
+``KeepBudget`` is the params part they share (a share ``keep`` or a count ``k``: ``KeepCount``,
+and the zero-based ``layers``, by default the middle block), validated once for all of them;
 ``plan_kept`` turns a per-layer count into the static token counts and per-layer op records of a
 ``MethodPlan``. A layer asked to keep every token is skipped: its op would change nothing.
 """
@@ -16,7 +16,7 @@ from trimformer.methods.base import ConfigError, ModelGeometry
 from trimformer.methods.evit import kept_tokens
 from trimformer.ops import OpSpec
 
-__all__ = ["KeepBudget", "KeptPlan", "check_layers", "plan_kept"]
+__all__ = ["KeepBudget", "KeepCount", "KeptPlan", "check_layers", "plan_kept"]
 
 
 def check_layers(method: str, key: str, layers: tuple[int, ...], num_layers: int) -> None:
@@ -34,15 +34,14 @@ def check_layers(method: str, key: str, layers: tuple[int, ...], num_layers: int
 
 
 @dataclass(frozen=True)
-class KeepBudget:
-    """How many unprotected tokens to keep, and where: ``keep`` (a share) or ``k`` (a count).
+class KeepCount:
+    """How many unprotected tokens to keep: ``keep`` (a share) or ``k`` (a count).
 
-    Neither given: ``default_keep``. ``layers`` None: the middle block (``num_layers // 2``).
+    Neither given: ``default_keep``.
     """
 
     keep: float | None = None
     k: int | None = None
-    layers: tuple[int, ...] | None = None
 
     method: ClassVar[str] = ""
     default_keep: ClassVar[float] = 0.5
@@ -57,22 +56,33 @@ class KeepBudget:
         if self.k is not None and self.k < 1:
             raise ConfigError(f"{self.method}: key 'k' must be >= 1, got {self.k}")
 
-    def resolved_layers(self, num_layers: int) -> tuple[int, ...]:
-        """The zero-based reducing blocks, checked against the model's depth."""
-        layers = self.layers if self.layers is not None else (num_layers // 2,)
-        check_layers(self.method, "layers", layers, num_layers)
-        return tuple(sorted(layers))
-
     def kept(self, candidates: int) -> int:
         """Unprotected tokens kept out of ``candidates`` (all of them when k exceeds them)."""
         if self.k is not None:
             return min(self.k, candidates)
         return kept_tokens(self.keep if self.keep is not None else self.default_keep, candidates)
 
+    def count_record(self) -> dict[str, Any]:
+        """keep and k as the manifest records them: valid params again, the default explicit."""
+        keep = self.keep if self.keep is not None or self.k is not None else self.default_keep
+        return {"keep": keep, "k": self.k}
+
+
+@dataclass(frozen=True)
+class KeepBudget(KeepCount):
+    """A KeepCount and where: ``layers`` (zero-based), None: the middle block (num_layers // 2)."""
+
+    layers: tuple[int, ...] | None = None
+
+    def resolved_layers(self, num_layers: int) -> tuple[int, ...]:
+        """The zero-based reducing blocks, checked against the model's depth."""
+        layers = self.layers if self.layers is not None else (num_layers // 2,)
+        check_layers(self.method, "layers", layers, num_layers)
+        return tuple(sorted(layers))
+
     def record(self, num_layers: int) -> dict[str, Any]:
         """The budget as the manifest records it: valid params again, defaults made explicit."""
-        keep = self.keep if self.keep is not None or self.k is not None else self.default_keep
-        return {"keep": keep, "k": self.k, "layers": list(self.resolved_layers(num_layers))}
+        return {**self.count_record(), "layers": list(self.resolved_layers(num_layers))}
 
 
 @dataclass(frozen=True)

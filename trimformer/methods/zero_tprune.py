@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from trimformer.methods.base import ConfigError, MethodPlan, ModelGeometry, register_method
+from trimformer.methods.ranking import descending_rank
 from trimformer.models.base import AttentionTaps, TokenState
 from trimformer.ops.topk_select import TOPK_SELECT
 
@@ -40,17 +41,6 @@ def pagerank(graph: torch.Tensor, iterations: int) -> torch.Tensor:
     return s.squeeze(1)
 
 
-def _descending_rank(values: torch.Tensor) -> torch.Tensor:
-    """Position [B,M] of every value in descending order, ties to the lower index first.
-
-    Counted pairwise rather than sorted: exact, and it exports to plain comparisons.
-    """
-    v, u = values.unsqueeze(-1), values.unsqueeze(-2)  # token t along dim 1, u along dim 2
-    index = torch.arange(values.shape[-1], device=values.device)
-    lower = index.unsqueeze(0) < index.unsqueeze(1)  # [t, u]: u < t
-    return ((u > v) | ((u == v) & lower)).sum(dim=-1)
-
-
 def two_stage_scores(
     importance: torch.Tensor, keys: torch.Tensor, protected: int, survivors: int
 ) -> torch.Tensor:
@@ -59,7 +49,7 @@ def two_stage_scores(
     ``survivors`` unprotected tokens pass the I-stage; protected tokens get score 0 (TopKSelect
     keeps them whatever their score).
     """
-    rank = _descending_rank(importance[:, protected:])
+    rank = descending_rank(importance[:, protected:])
     in_b = rank < (survivors + 1) // 2
     in_a = ~in_b & (rank < survivors)
     unit = keys[:, protected:]

@@ -99,9 +99,15 @@ class TokenState:
 
     ``sizes`` [B,N,1] counts the original tokens each token stands for; None means all ones
     (nothing merged yet), which lets the first blocks skip the proportional-attention bias.
+    ``scores`` [B,N] are what a method computed at one block for use at a later one (HiRED's
+    early CLS attention). ``attn_bias`` (broadcastable to [B,H,N,N]) is added to the attention
+    logits of every later block (a deletion gate's mask). A reducer that changes the token
+    count returns a state without them.
     """
 
     sizes: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
+    attn_bias: torch.Tensor | None = None
 
     def sizes_or_ones(self, x: torch.Tensor) -> torch.Tensor:
         """The sizes, materialised as ones shaped like x[..., :1] when nothing merged yet."""
@@ -152,6 +158,12 @@ class ModelAdapter(Protocol):
     def num_tokens(self, model: nn.Module) -> int: ...
 
     def protected_tokens(self, model: nn.Module) -> int: ...
+
+    def patch_grid(self, model: nn.Module) -> tuple[int, int] | None:
+        """Rows and columns of the unprotected tokens on the image (None: not an image grid)."""
+        ...
+
+    def embed_dim(self, model: nn.Module) -> int: ...
 
     def insert(self, model: nn.Module, reducer: Reducer) -> nn.Module: ...
 

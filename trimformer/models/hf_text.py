@@ -146,6 +146,12 @@ class HFTextAdapter:
     def protected_tokens(self, model: nn.Module) -> int:
         return 1  # [CLS] / <s>: the pooled token of CLS pooling, and the start of every text
 
+    def patch_grid(self, model: nn.Module) -> None:
+        return None  # a sequence, not an image
+
+    def embed_dim(self, model: nn.Module) -> int:
+        return int(model.backbone.config.hidden_size)
+
     def insert(self, model: nn.Module, reducer: Reducer) -> nn.Module:
         """A copy of ``model`` that reduces; the original is left untouched."""
         reduced = copy.deepcopy(model)

@@ -6,7 +6,8 @@ unchanged) whose forward carries token sizes from block to block and calls the r
 each block's attention residual and its MLP. Queries and keys are read by wrapping each
 attention's ``q_norm`` and ``k_norm`` (Identities unless the model has qk-norm), so timm's own
 attention code runs, fused (scaled_dot_product_attention) or plain; the attention probabilities a
-method needs are recomputed from them. Proportional attention is timm's additive ``attn_mask``.
+method needs are recomputed from them. Proportional attention and a method's attention bias
+(TokenState.attn_bias) are timm's additive ``attn_mask``.
 For export the fused path is switched to the plain one: torch's ONNX exporter mis-tracks the
 strides of scaled_dot_product_attention with a mask on timm's permuted q/k/v (torch 2.14), and
 both paths lower to the same MatMul/Softmax graph.
@@ -53,9 +54,10 @@ class ReducingBlocks(nn.Sequential):
         self, layer: int, block: nn.Module, x: torch.Tensor, state: TokenState
     ) -> tuple[torch.Tensor, TokenState]:
         # The two residual lines of timm's Block.forward, with the reduction between them.
-        bias = None
+        bias = state.attn_bias
         if self.reducer.proportional_attention and state.sizes is not None:
-            bias = state.sizes.log().transpose(1, 2).unsqueeze(1)  # [B,1,1,N] added to logits
+            log_sizes = state.sizes.log().transpose(1, 2).unsqueeze(1)  # [B,1,1,N] on logits
+            bias = log_sizes if bias is None else bias + log_sizes
         attn = block.attn
         x = x + block.drop_path1(block.ls1(attn(block.norm1(x), attn_mask=bias)))
         taps = AttentionTaps(attn.q_norm.take(), attn.k_norm.take(), attn.scale, bias, x)
@@ -102,6 +104,13 @@ class TimmViTAdapter:
 
     def protected_tokens(self, model: nn.Module) -> int:
         return int(model.num_prefix_tokens)
+
+    def patch_grid(self, model: nn.Module) -> tuple[int, int]:
+        rows, cols = model.patch_embed.grid_size
+        return int(rows), int(cols)
+
+    def embed_dim(self, model: nn.Module) -> int:
+        return int(model.embed_dim)
 
     def insert(self, model: nn.Module, reducer: Reducer) -> nn.Module:
         """A copy of ``model`` whose blocks call ``reducer``; the original is left untouched."""
