@@ -24,7 +24,14 @@ from trimformer.bundle import write_bundle
 from trimformer.errors import RuntimeFailure, UsageError
 from trimformer.exporter.flops import count_flops
 from trimformer.exporter.onnx_export import export_onnx
-from trimformer.methods import ConfigError, MethodPlan, ModelGeometry, get_method, parse_params
+from trimformer.methods import (
+    ConfigError,
+    MethodPlan,
+    ModelGeometry,
+    get_method,
+    parse_params,
+    with_method_inputs,
+)
 from trimformer.models import AdapterError, GraphIO, adapter_for
 from trimformer.models.loading import LoadedModel, ModelOptions, load_model
 from trimformer.ops import MAX_OPSET, MIN_OPSET, OpValidationError
@@ -146,6 +153,9 @@ def export_bundle(request: ExportRequest, step: Step = lambda _: None) -> dict[s
     adapter, plan = _plan(request, loaded)
     model = loaded.model
     reduced = adapter.insert(model, plan.reducer).eval() if plan and plan.reduces else model
+    reduced_io = loaded.io
+    if reduced is not model:
+        reduced, reduced_io = with_method_inputs(reduced, plan, loaded.io)
 
     variants = {"model": reduced} if reduced is model else {"model": reduced, "full": model}
     graphs: dict[str, onnx.ModelProto] = {}
@@ -154,12 +164,13 @@ def export_bundle(request: ExportRequest, step: Step = lambda _: None) -> dict[s
     ops: dict[str, int] = {}
     for name, module in variants.items():
         step(f"export {'reduced' if name == 'model' and plan else 'full'} graph")
+        graph_io = reduced_io if module is reduced else loaded.io
         with adapter.export_patches(module):
-            graph, used = export_onnx(module, loaded.io, request.opset)
+            graph, used = export_onnx(module, graph_io, request.opset)
         ops.update(used)
         if request.verify:
             step(f"verify {name}.onnx against torch")
-            errors[name] = _max_abs_error(graph, module, loaded.io)
+            errors[name] = _max_abs_error(graph, module, graph_io)
             if not errors[name] <= VERIFY_ATOL:
                 raise RuntimeFailure(
                     f"{name}.onnx differs from the torch model by {errors[name]:.3g} "
@@ -171,7 +182,7 @@ def export_bundle(request: ExportRequest, step: Step = lambda _: None) -> dict[s
             "file": f"{name}.onnx",
             "inputs": [_tensor_spec(v) for v in graph.graph.input],
             "outputs": [_tensor_spec(v) for v in graph.graph.output],
-            "flops": count_flops(module, loaded.io),
+            "flops": count_flops(module, graph_io),
         }
     num_tokens = adapter.num_tokens(model)
     manifest = {

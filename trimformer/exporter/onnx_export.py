@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import warnings
 from typing import Any
@@ -27,8 +28,11 @@ def _summary(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _dynamic_shapes(graph_io: GraphIO) -> tuple[dict[int, Any], ...] | None:
-    """torch.export dims for ``io.dynamic``; one Dim object per name, shared across inputs."""
+def _dynamic_shapes(module: nn.Module, graph_io: GraphIO) -> Any:
+    """torch.export dims for ``io.dynamic``; one Dim object per name, shared across inputs.
+
+    A forward taking ``*args`` gets them under that name, as torch.export matches its structure.
+    """
     if not graph_io.dynamic:
         return None
     dims = {
@@ -36,10 +40,13 @@ def _dynamic_shapes(graph_io: GraphIO) -> tuple[dict[int, Any], ...] | None:
         for axes in graph_io.dynamic.values()
         for name in axes.values()
     }
-    return tuple(
+    specs = tuple(
         {axis: dims[dim] for axis, dim in graph_io.dynamic.get(name, {}).items()}
         for name in graph_io.example
     )
+    parameters = inspect.signature(module.forward).parameters.values()
+    varargs = [p.name for p in parameters if p.kind is inspect.Parameter.VAR_POSITIONAL]
+    return {varargs[0]: specs} if varargs else specs
 
 
 def _name_dims(model: onnx.ModelProto, graph_io: GraphIO) -> None:
@@ -80,7 +87,7 @@ def export_onnx(
                 input_names=list(graph_io.example),
                 output_names=list(graph_io.outputs),
                 opset_version=opset,
-                dynamic_shapes=_dynamic_shapes(graph_io),
+                dynamic_shapes=_dynamic_shapes(module, graph_io),
                 custom_translation_table=translation_table(),
                 verbose=False,
                 optimize=True,

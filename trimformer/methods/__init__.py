@@ -7,6 +7,7 @@ from trimformer.methods import evit as _evit  # noqa: F401  (registers the metho
 from trimformer.methods import hired as _hired  # noqa: F401  (registers the method)
 from trimformer.methods import mrt5_gate as _mrt5_gate  # noqa: F401  (registers the method)
 from trimformer.methods import positions as _positions  # noqa: F401  (registers the methods)
+from trimformer.methods import todre as _todre  # noqa: F401  (registers the method)
 from trimformer.methods import tome as _tome  # noqa: F401  (registers the method)
 from trimformer.methods import zero_tprune as _zero_tprune  # noqa: F401  (registers the method)
 from trimformer.methods.base import (
@@ -17,6 +18,7 @@ from trimformer.methods.base import (
     get_method,
     parse_params,
     registered_methods,
+    with_method_inputs,
 )
 
 __all__ = [
@@ -27,4 +29,5 @@ __all__ = [
     "get_method",
     "parse_params",
     "registered_methods",
+    "with_method_inputs",
 ]

@@ -14,19 +14,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import torch
 from torch import nn
 
-from trimformer.models.base import ModelAdapter, Reducer
+from trimformer.models.base import GraphIO, ModelAdapter, Reducer
 
 __all__ = [
     "ConfigError",
+    "InputSlot",
     "Method",
+    "MethodInput",
     "MethodPlan",
     "ModelGeometry",
+    "WithMethodInputs",
     "get_method",
     "parse_params",
     "register_method",
     "registered_methods",
+    "with_method_inputs",
 ]
 
 
@@ -63,6 +68,31 @@ class ModelGeometry:
 
 
 @dataclass(frozen=True)
+class MethodInput:
+    """A graph input a method adds to the model's own, e.g. ToDRE's query embedding."""
+
+    name: str
+    shape: tuple[int, ...]  # per sample: the graph input is [batch, *shape]
+    doc: str
+
+
+class InputSlot:
+    """Where a reducer reads its method's inputs during the forward in progress.
+
+    ``WithMethodInputs`` fills it before calling the model and empties it after, so the
+    adapters and the model's own forward need not know about the extra inputs.
+    """
+
+    def __init__(self) -> None:
+        self.values: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.values:
+            raise RuntimeError(f"input {name!r} not given; call the model via WithMethodInputs")
+        return self.values[name]
+
+
+@dataclass(frozen=True)
 class MethodPlan:
     """A method resolved for one model: static counts, manifest record, and the reducer."""
 
@@ -71,10 +101,52 @@ class MethodPlan:
     layers: tuple[dict[str, Any], ...]  # op name + attributes per layer ({} = no reduction)
     params: dict[str, Any]
     reducer: Reducer
+    inputs: tuple[MethodInput, ...] = ()  # graph inputs the reducer reads from ``slot``
+    slot: InputSlot | None = None
 
     @property
     def reduces(self) -> bool:
         return any(self.layers)
+
+
+def with_method_inputs(
+    model: nn.Module, plan: MethodPlan, graph_io: GraphIO
+) -> tuple[nn.Module, GraphIO]:
+    """The reduced model and its graph I/O, extended by the method's own inputs (if any).
+
+    Example values are random normal, batch as the model's own first input; a dynamic batch
+    stays dynamic for the new inputs too.
+    """
+    if not plan.inputs:
+        return model, graph_io
+    first = next(iter(graph_io.example))
+    example, dynamic = dict(graph_io.example), dict(graph_io.dynamic)
+    batch_dim = graph_io.dynamic.get(first, {}).get(0)
+    for spec in plan.inputs:
+        example[spec.name] = torch.randn(graph_io.example[first].shape[0], *spec.shape)
+        if batch_dim is not None:
+            dynamic[spec.name] = {0: batch_dim}
+    return WithMethodInputs(model, plan), GraphIO(example, dynamic, graph_io.outputs)
+
+
+class WithMethodInputs(nn.Module):
+    """A reduced model whose forward takes its method's inputs after the model's own."""
+
+    def __init__(self, model: nn.Module, plan: MethodPlan) -> None:
+        super().__init__()
+        if plan.slot is None:
+            raise ValueError(f"{plan.method} declares no inputs")
+        self.model = model
+        self.names = tuple(i.name for i in plan.inputs)
+        self.slot = plan.slot
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        own = len(args) - len(self.names)
+        self.slot.values = dict(zip(self.names, args[own:], strict=True))
+        try:
+            return self.model(*args[:own])
+        finally:
+            self.slot.values = {}
 
 
 class Method(Protocol):
