@@ -66,9 +66,9 @@ def tiny_text_folder(
 
     torch.manual_seed(0)
     path.mkdir(parents=True)
-    vocab = path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TEXT_WORDS]) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab), model_max_length=64)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TEXT_WORDS]
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, model_max_length=64)
+    assert tokenizer("the cat")["input_ids"] == [2, 5, 7, 3]
     config = AutoConfig.for_model(
         model_type,
         vocab_size=tokenizer.vocab_size,

@@ -110,7 +110,11 @@ def _ids(words: list[str], tokenizer_folder: Path) -> tuple[torch.Tensor, torch.
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
     encoded = tokenizer(
-        [" ".join(words)], padding="max_length", max_length=SEQ_LEN, return_tensors="pt"
+        [" ".join(words)],
+        padding="max_length",
+        truncation=True,
+        max_length=SEQ_LEN,
+        return_tensors="pt",
     )
     return encoded["input_ids"], encoded["attention_mask"]
 

@@ -25,7 +25,7 @@ from trimformer.exporter import VERIFY_ATOL
 from trimformer.exporter.onnx_export import export_onnx
 from trimformer.methods import ConfigError, ModelGeometry
 from trimformer.methods.hired import hired_scores, tile_of_patches
-from trimformer.models import adapter_for
+from trimformer.models import GraphIO, adapter_for
 from trimformer.profiles import load_reduction_config
 
 # --------------------------------------------------------------------------------------------
@@ -458,7 +458,7 @@ def test_graph_matches_eager_at_any_batch(tmp_path, method, params, ops):
     model = reduce(base, method, **params)
     adapter = adapter_for(model)
     with adapter.export_patches(model):
-        graph, used = export_onnx(model, images(2, 32), "pixel_values", "logits", 20, True)
+        graph, used = export_onnx(model, GraphIO.image(images(2, 32)), 20)
     assert used == ({"TopKSelect": 1} if ops else {})
     onnx.checker.check_model(graph, full_check=True)
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from trimformer.methods import divprune as _divprune  # noqa: F401  (registers the method)
 from trimformer.methods import evit as _evit  # noqa: F401  (registers the method)
+from trimformer.methods import group_merge as _group_merge  # noqa: F401  (registers the method)
 from trimformer.methods import hired as _hired  # noqa: F401  (registers the method)
 from trimformer.methods import mrt5_gate as _mrt5_gate  # noqa: F401  (registers the method)
 from trimformer.methods import positions as _positions  # noqa: F401  (registers the methods)

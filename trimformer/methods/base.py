@@ -74,6 +74,13 @@ class MethodInput:
     name: str
     shape: tuple[int, ...]  # per sample: the graph input is [batch, *shape]
     doc: str
+    integers_below: int | None = None  # int64 ids in [-1, this) instead of float32 values
+
+    def example(self, batch: int) -> torch.Tensor:
+        """A random value of this input for tracing and verifying the export."""
+        if self.integers_below is None:
+            return torch.randn(batch, *self.shape)
+        return torch.randint(-1, self.integers_below, (batch, *self.shape))
 
 
 class InputSlot:
@@ -114,8 +121,8 @@ def with_method_inputs(
 ) -> tuple[nn.Module, GraphIO]:
     """The reduced model and its graph I/O, extended by the method's own inputs (if any).
 
-    Example values are random normal, batch as the model's own first input; a dynamic batch
-    stays dynamic for the new inputs too.
+    Example values are random (MethodInput.example), batch as the model's own first input; a
+    dynamic batch stays dynamic for the new inputs too.
     """
     if not plan.inputs:
         return model, graph_io
@@ -123,7 +130,7 @@ def with_method_inputs(
     example, dynamic = dict(graph_io.example), dict(graph_io.dynamic)
     batch_dim = graph_io.dynamic.get(first, {}).get(0)
     for spec in plan.inputs:
-        example[spec.name] = torch.randn(graph_io.example[first].shape[0], *spec.shape)
+        example[spec.name] = spec.example(graph_io.example[first].shape[0])
         if batch_dim is not None:
             dynamic[spec.name] = {0: batch_dim}
     return WithMethodInputs(model, plan), GraphIO(example, dynamic, graph_io.outputs)

@@ -132,7 +132,7 @@ class HFTextAdapter:
     default_metric = "hidden"  # measured closer to the full model than keys (METHODS.md)
     # Methods whose ops average tokens by size or keep them whole, so that padding stays
     # padding; EViT's fused token weights by attention and would blur it.
-    methods = ("tome",)
+    methods = ("tome", "group_merge")
 
     def matches(self, model: nn.Module) -> bool:
         return isinstance(model, TextEncoder)
