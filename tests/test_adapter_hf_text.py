@@ -160,7 +160,7 @@ def test_padding_is_never_merged_into_real_tokens(tmp_path: Path) -> None:
 
 def test_unsupported_method_and_bad_options_name_the_fix(tmp_path: Path) -> None:
     folder = tiny_text_folder(tmp_path / "st")
-    with pytest.raises(UsageError, match="hf-text models support tome, not evit"):
+    with pytest.raises(UsageError, match="hf-text models support tome, group_merge, not evit"):
         export_bundle(ExportRequest(str(folder), tmp_path / "b", ReductionConfig("evit")))
     with pytest.raises(UsageError, match=r"--seq-len 500 is out of range; use 2\.\.64"):
         export_bundle(ExportRequest(str(folder), tmp_path / "b", seq_len=500))
