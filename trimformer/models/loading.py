@@ -29,8 +29,8 @@ class LoadedModel:
 
     model: nn.Module
     model_id: str
-    source: str  # "timm"
-    weights: str  # "random", "pretrained" or "checkpoint:<file name>"
+    source: str  # "timm" or "local-dir"
+    weights: str  # "random", "pretrained", "checkpoint:<file name>" or "local-dir"
     preprocess: dict
 
 
@@ -73,10 +73,15 @@ def load_model(
     pretrained: bool = False,
     image_size: int | None = None,
 ) -> LoadedModel:
-    """Create a timm model by name (``NAME`` or ``timm:NAME``) in eval mode."""
-    import timm
-    import timm.data
+    """Create a timm model by name (``NAME`` or ``timm:NAME``) or from a folder, in eval mode.
 
+    A folder holding config.json and weights (timm's local-dir format, as ``save_for_hf``
+    writes it) carries its own architecture and weights, so it takes no other source of weights.
+    """
+    import timm
+
+    if Path(name).is_dir():
+        return _load_folder(Path(name), checkpoint, pretrained, image_size)
     model_id = name.removeprefix(_TIMM_PREFIX)
     if not timm.is_model(model_id):
         close = difflib.get_close_matches(model_id, timm.list_models(), n=3, cutoff=0.6)
@@ -115,8 +120,44 @@ def load_model(
     else:
         weights = "random"
         log.warning("%s: no weights given, using random weights (pass --checkpoint FILE)", model_id)
+    return LoadedModel(model.eval(), model_id, "timm", weights, _preprocess(model, image_size))
+
+
+def _preprocess(model: nn.Module, image_size: int | None) -> dict:
+    """timm's eval data config of ``model`` as JSON-ready values."""
+    import timm.data
+
     config = timm.data.resolve_data_config({}, model=model)
     if image_size is not None:  # the pretrained config still names the default resolution
         config["input_size"] = (config["input_size"][0], image_size, image_size)
-    preprocess = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
-    return LoadedModel(model.eval(), model_id, "timm", weights, preprocess)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+
+def _load_folder(
+    folder: Path, checkpoint: Path | None, pretrained: bool, image_size: int | None
+) -> LoadedModel:
+    """Rebuild a model saved in timm's local-dir format (config.json + model.safetensors)."""
+    import timm
+
+    if not (folder / "config.json").is_file():
+        raise UsageError(
+            f"{folder} is a folder without config.json; pass a timm model name or a folder "
+            "saved in timm's local-dir format (config.json + model.safetensors)"
+        )
+    if checkpoint is not None or pretrained:
+        raise UsageError(
+            f"{folder} holds its own weights; drop --checkpoint/--pretrained to use them"
+        )
+    if image_size is not None:
+        raise UsageError(f"{folder} fixes its input size; drop --image-size")
+    try:
+        model = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:  # bad config, missing weights
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(
+            f"{folder} cannot be loaded as a timm local-dir model ({first[:160]}); it needs "
+            "config.json and model.safetensors as timm's save_for_hf writes them"
+        ) from None
+    return LoadedModel(
+        model.eval(), str(folder), "local-dir", "local-dir", _preprocess(model, None)
+    )
