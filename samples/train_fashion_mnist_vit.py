@@ -162,9 +162,9 @@ def _atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename it into place."""
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(handle)
-    os.chmod(temp, 0o644)  # mkstemp makes it private; these files are meant to be shared
     try:
         write(Path(temp))
+        os.chmod(temp, 0o644)  # mkstemp (and some writers) make it private; these are shared
         os.replace(temp, path)
     finally:
         if os.path.exists(temp):

@@ -190,8 +190,9 @@ def _fashion_mnist_task(bundle: Path, manifest: Mapping[str, Any], limit: int | 
 def _tokenize(bundle: Path, manifest: Mapping[str, Any], texts: list[str]) -> dict[str, np.ndarray]:
     """Token arrays for every input the model graph declares, made by the bundle's tokenizer."""
     preprocess = manifest.get("preprocess") or {}
-    folder = bundle / str(preprocess.get("tokenizer", "tokenizer"))
-    if not folder.is_dir():
+    name = str(preprocess.get("tokenizer", "tokenizer"))
+    folder = bundle / name
+    if Path(name).name != name or not folder.is_dir():
         raise UsageError(f"{bundle} has no tokenizer folder {folder.name}/; re-export the bundle")
     try:
         from transformers import AutoTokenizer
