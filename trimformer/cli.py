@@ -389,6 +389,7 @@ def profiles_show(name: str) -> None:
 def _register_subcommands() -> None:
     from trimformer.cli_build import build_command  # imports only click
     from trimformer.cli_doctor import doctor_command  # imports only click
+    from trimformer.cli_eval import eval_command  # imports only click
     from trimformer.cli_passes import passes_command  # imports only click and errors
     from trimformer.cli_visualize import visualize_command  # imports only click and errors
 
@@ -396,6 +397,7 @@ def _register_subcommands() -> None:
     cli.add_command(visualize_command)
     cli.add_command(build_command)
     cli.add_command(doctor_command)
+    cli.add_command(eval_command)
 
 
 _register_subcommands()

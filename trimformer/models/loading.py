@@ -141,8 +141,8 @@ def _load_timm(name: str, options: ModelOptions, folder: Path | None) -> LoadedM
         close = difflib.get_close_matches(model_id, timm.list_models(), n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}?" if close else "see `timm.list_models()`"
         raise UsageError(f"unknown model {name!r}; {hint}")
-    if folder is not None and pretrained:
-        raise UsageError(f"{folder} holds its own weights; drop --pretrained")
+    if folder is not None and (pretrained or checkpoint is not None):
+        raise UsageError(f"{folder} holds its own weights; drop --checkpoint/--pretrained")
     kwargs: dict = {}
     if image_size is not None:
         if image_size <= 0:
@@ -156,9 +156,13 @@ def _load_timm(name: str, options: ModelOptions, folder: Path | None) -> LoadedM
             model = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True, **kwargs)
         else:
             model = timm.create_model(model_id, pretrained=pretrained, **kwargs)
-    except (OSError, RuntimeError) as exc:  # hub unreachable, no cached weights
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:  # no hub, bad folder
         if folder is not None:
-            raise UsageError(f"cannot load the timm folder {folder}: {exc}") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(
+                f"{folder} cannot be loaded as a timm local-dir model ({first[:160]}); it needs "
+                "config.json and model.safetensors as timm's save_for_hf writes them"
+            ) from None
         if not pretrained:
             raise
         raise UsageError(
