@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import torch
+from conftest import tiny_text_folder
 from test_cli import assert_one_line_error, cli
 
 from trimformer.errors import UsageError
@@ -236,73 +236,16 @@ def test_eval_refuses_an_rgb_bundle_for_fashion_mnist(tome_bundle, capsys) -> No
 
 
 # --- text bundles ----------------------------------------------------------------------------
-# The Hugging Face exporter is not in this branch yet: these bundles are real ONNX graphs of the
-# text contract (input_ids + attention_mask -> sentence_embedding, tokenizer/ folder) written with
-# onnx.helper: masked mean pooling of a random embedding table. The "reduced" graph pools only
-# the first SEQ // 2 tokens, like a tail drop, so it agrees with the full graph only in part.
+# A tiny random BERT sentence encoder (conftest.tiny_text_folder), exported by trimformer itself:
+# ToMe r=4 per layer (reduced + full graphs), or no reduction (one graph, no full).
 
 SEQ = 32
 
 
-def _text_graph(table: np.ndarray, kept: int) -> onnx.ModelProto:
-    from onnx import TensorProto, helper, numpy_helper
-
-    keep = (np.arange(SEQ) < kept).astype(np.float32)[None]
-    nodes = [
-        helper.make_node("Gather", ["table", "input_ids"], ["tokens"]),
-        helper.make_node("Cast", ["attention_mask"], ["mask"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["mask", "keep"], ["kept"]),
-        helper.make_node("Unsqueeze", ["kept", "last"], ["kept3"]),
-        helper.make_node("Mul", ["tokens", "kept3"], ["masked"]),
-        helper.make_node("ReduceSum", ["masked", "one"], ["summed"], keepdims=0),
-        helper.make_node("ReduceSum", ["kept3", "one"], ["count"], keepdims=0),
-        helper.make_node("Div", ["summed", "count"], ["sentence_embedding"]),
-    ]
-    ints = [
-        helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", SEQ])
-        for n in ("input_ids", "attention_mask")
-    ]
-    out = helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["batch", 8])
-    constants = [
-        numpy_helper.from_array(table, "table"),
-        numpy_helper.from_array(keep, "keep"),
-        numpy_helper.from_array(np.array([-1], dtype=np.int64), "last"),
-        numpy_helper.from_array(np.array([1], dtype=np.int64), "one"),
-    ]
-    graph = helper.make_graph(nodes, "text", ints, [out], constants)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
 def _text_bundle(path: Path, with_full: bool = True) -> Path:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    from trimformer.bundle import write_bundle
-
-    words = sorted({w for doc in read_lee().documents for w in doc.lower().split()})
-    vocab = {"[PAD]": 0, "[UNK]": 1} | {w: i + 2 for i, w in enumerate(words)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", model_max_length=SEQ
-    )
-    table = np.random.default_rng(0).normal(size=(len(vocab), 8)).astype(np.float32)
-    graphs = {"model": _text_graph(table, SEQ // 2)}
-    if with_full:
-        graphs["full"] = _text_graph(table, SEQ)
-    specs = {
-        "inputs": [
-            {"name": n, "shape": ["batch", SEQ], "dtype": "int64"}
-            for n in ("input_ids", "attention_mask")
-        ],
-        "outputs": [{"name": "sentence_embedding", "shape": ["batch", 8], "dtype": "float32"}],
-    }
-    manifest = {
-        "graphs": {name: {"file": f"{name}.onnx", **specs} for name in graphs},
-        "preprocess": {"tokenizer": "tokenizer", "max_length": SEQ, "padding": "max_length"},
-    }
-    write_bundle(path, graphs, manifest, force=False)
-    tokenizer.save_pretrained(str(path / "tokenizer"))
+    folder = tiny_text_folder(path.with_name(path.name + "-model"))
+    reduction = ReductionConfig("tome", {"r": 4}) if with_full else ReductionConfig("none")
+    export_bundle(ExportRequest(str(folder), path, reduction, seq_len=SEQ))
     return path
 
 
@@ -313,7 +256,7 @@ def test_eval_text_bundle_on_lee_and_polarity(tmp_path: Path) -> None:
     lee = evaluate(bundle, "lee", limit=12, batch=5, threads=1)
     assert lee.examples == 12 and lee.metric == "Spearman vs human similarity"
     assert -1.0 <= lee.value <= 1.0 and -1.0 <= lee.full_value <= 1.0
-    assert lee.value != lee.full_value  # the reduced graph pools fewer tokens
+    assert lee.value != lee.full_value  # the reduced graph merged tokens
     assert lee.agreement_min < lee.agreement < 1.0
     polarity = evaluate(bundle, "polarity", limit=40, batch=16, threads=1)
     assert polarity.examples == 40 and 0.0 <= polarity.value <= 1.0
