@@ -391,6 +391,7 @@ def _register_subcommands() -> None:
     from trimformer.cli_doctor import doctor_command  # imports only click
     from trimformer.cli_eval import eval_command  # imports only click
     from trimformer.cli_passes import passes_command  # imports only click and errors
+    from trimformer.cli_sweep import sweep_command, tune_command  # imports only click, errors
     from trimformer.cli_visualize import visualize_command  # imports only click and errors
 
     cli.add_command(passes_command)
@@ -398,6 +399,8 @@ def _register_subcommands() -> None:
     cli.add_command(build_command)
     cli.add_command(doctor_command)
     cli.add_command(eval_command)
+    cli.add_command(sweep_command)
+    cli.add_command(tune_command)
 
 
 _register_subcommands()

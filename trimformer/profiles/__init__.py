@@ -17,7 +17,8 @@ from trimformer.errors import UsageError
 
 __all__ = ["ReductionConfig", "list_reduction_profiles", "load_reduction_config"]
 
-_TOP_KEYS = {"description", "method", "params"}
+# ``measured``: figures ``trimformer tune`` recorded for the config (informational).
+_TOP_KEYS = {"description", "method", "params", "measured"}
 
 
 @dataclass(frozen=True)

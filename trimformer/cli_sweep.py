@@ -1,0 +1,250 @@
+"""``trimformer sweep`` and ``trimformer tune``: choose a reduction by its measured cost and gain.
+
+Thin shells over ``trimformer.tuning``: options in, a progress bar while points are exported,
+timed and scored, then a table (and for sweep a PNG, for tune a reductions profile). Imports are
+lazy so that ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from trimformer.errors import UsageError
+
+__all__ = ["sweep_command", "tune_command"]
+
+
+def _model_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Options every point's export and measurement share."""
+    options = [
+        click.argument("model"),
+        click.option("--data", required=True, help="fashion-mnist, lee or polarity (see eval)."),
+        click.option("--limit", type=int, default=None, help="Score on the first N examples."),
+        click.option(
+            "--batch",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="Batch size timed.",
+        ),
+        click.option(
+            "--runs",
+            type=click.IntRange(min=1),
+            default=30,
+            show_default=True,
+            help="Timed runs per graph.",
+        ),
+        click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads."),
+        click.option("--checkpoint", type=click.Path(path_type=Path), default=None),
+        click.option("--image-size", type=int, default=None),
+        click.option("--seq-len", type=int, default=None),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _progress() -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=Console(stderr=True), transient=True)
+
+
+def _table(points: list[Any], title: str, marked: set[str]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("config", "speed-up", "p50 ms", "FLOPs ratio", "metric", "full", "agreement"):
+        table.add_column(column, justify="left" if column == "config" else "right")
+    for p in points:
+        star = " *" if p.label in marked else ""
+        table.add_row(
+            f"{p.label}{star}",
+            f"{p.speedup:.2f}x",
+            f"{p.latency_ms:.2f}",
+            f"{p.flops_ratio:.2f}x",
+            f"{p.value:.4f}",
+            f"{p.full_value:.4f}",
+            f"{p.agreement:.4f}",
+        )
+    return table
+
+
+@click.command("sweep")
+@_model_options
+@click.option(
+    "--method",
+    "methods",
+    multiple=True,
+    required=True,
+    help="Method to sweep (repeatable: several on one plot).",
+)
+@click.option("--r", "r_values", default=None, help="ToMe r values: 0:16:2 or 0,4,8.")
+@click.option("--keep", "keep_values", default=None, help="Keep shares: 1.0,0.9,0.7,0.5.")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A param fixed at every point of every method (e.g. --set layers=[1,2]).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder for sweep.json and sweep.png.",
+)
+def sweep_command(
+    model: str,
+    data: str,
+    limit: int | None,
+    batch: int,
+    runs: int,
+    threads: int | None,
+    checkpoint: Path | None,
+    image_size: int | None,
+    seq_len: int | None,
+    methods: tuple[str, ...],
+    r_values: str | None,
+    keep_values: str | None,
+    sets: tuple[str, ...],
+    output: Path,
+) -> None:
+    """Measure METHOD over its strength on MODEL: speed-up, FLOPs, task metric, agreement.
+
+    One bundle per point, timed against the full model on ONNX Runtime and scored on --data;
+    the Pareto front (no point both faster and better) is starred and circled in the plot.
+    """
+    from rich.console import Console
+
+    from trimformer.cli import _parse_sets
+    from trimformer.tuning.measure import BenchSettings, ModelSpec
+    from trimformer.tuning.points import Grid, knob_of, parse_values
+    from trimformer.tuning.sweep import pareto_front, run_sweep, write_sweep
+
+    given = {"r": r_values, "keep": keep_values}
+    fixed = tuple(_parse_sets(sets).items())
+    grids = []
+    for method in methods:
+        knob = knob_of(method)
+        text = given.get(knob.param)
+        values = parse_values(f"--{knob.param}", text) if text else list(knob.search)
+        grids.append(Grid(method, tuple(values), fixed))
+    spec = ModelSpec(model, checkpoint, image_size, seq_len)
+    settings = BenchSettings(data, limit, batch, runs, threads)
+    total = sum(len(g.values) for g in grids)
+    with _progress() as bar, tempfile.TemporaryDirectory() as work:
+        task = bar.add_task(f"sweeping {total} configs", total=total)
+        points = run_sweep(
+            spec,
+            grids,
+            settings,
+            Path(work),
+            on_point=lambda p: bar.update(task, advance=1, description=f"measured {p.label}"),
+        )
+    title = f"{model} on {data}, batch {batch}, ONNX Runtime"
+    json_path, png_path = write_sweep(points, title, output)
+    front = {p.label for p in pareto_front(points)}
+    Console().print(_table(points, title, front))
+    Console().print(f"* Pareto front. Wrote {json_path} and {png_path}")
+
+
+@click.command("tune")
+@_model_options
+@click.option(
+    "--device", required=True, help="Device profile (trimformer build's); its backend times."
+)
+@click.option("--latency-ms", type=float, default=None, help="Budget: p50 latency ceiling.")
+@click.option("--speedup", type=float, default=None, help="Budget: speed-up floor vs full.")
+@click.option(
+    "--methods", default="tome,evit", show_default=True, help="Methods to search, comma-separated."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Profile to write (default: tuned-MODEL-DEVICE.yaml).",
+)
+def tune_command(
+    model: str,
+    data: str,
+    limit: int | None,
+    batch: int,
+    runs: int,
+    threads: int | None,
+    checkpoint: Path | None,
+    image_size: int | None,
+    seq_len: int | None,
+    device: str,
+    latency_ms: float | None,
+    speedup: float | None,
+    methods: str,
+    output: Path | None,
+) -> None:
+    """Find the config with the best metric on --data that meets the budget on --device.
+
+    Zero-shot: nothing is trained. Each method's strength is bisected (speed grows with it), so
+    only O(log n) configs are timed and one per method is scored. The winner is written as a
+    reductions profile with the measured figures, ready for `trimformer export --config`.
+    """
+    from rich.console import Console
+
+    from trimformer.profiles.device_profiles import load_device_profile
+    from trimformer.tuning.measure import BenchSettings, ModelSpec
+    from trimformer.tuning.points import knob_of
+    from trimformer.tuning.tune import Budget, tune, write_profile
+
+    budget = Budget(latency_ms, speedup)
+    profile = load_device_profile(device)
+    if profile.backend != "onnxruntime":
+        raise UsageError(
+            f"device profile {profile.name} times on {profile.backend}, which tune does not drive "
+            "yet; tune with an onnxruntime profile (cpu-ort) or time engines with trimformer build"
+        )
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    for name in names:
+        knob_of(name)  # a method without a knob is refused before anything runs
+    spec = ModelSpec(model, checkpoint, image_size, seq_len)
+    settings = BenchSettings(
+        data,
+        limit,
+        batch,
+        runs,
+        threads if threads is not None else profile.threads,
+        list(profile.providers) or None,
+    )
+    with _progress() as bar, tempfile.TemporaryDirectory() as work:
+        task = bar.add_task("searching", total=None)
+        best, points = tune(
+            spec,
+            names,
+            budget,
+            settings,
+            Path(work),
+            on_point=lambda p: bar.update(task, description=f"measured {p.label}"),
+        )
+    console = Console()
+    scored = [p for p in points if p.metric]
+    title = f"{model} on {profile.name}, budget {budget.describe()}"
+    console.print(f"timed {len(points)} configs, scored {len(scored)}")
+    if scored:
+        console.print(_table(scored, title, {best.label} if best else set()))
+    if best is None:
+        raise UsageError(
+            f"no config of {', '.join(names)} meets {budget.describe()} on {profile.name}; "
+            "relax the budget or add methods (--methods)"
+        )
+    path = output or Path(f"tuned-{Path(model).name}-{profile.name}.yaml")
+    write_profile(best, spec, profile.name, budget, path)
+    console.print(
+        f"best: {best.label}; wrote {path} (use: trimformer export MODEL --config {path})"
+    )
