@@ -394,10 +394,10 @@ def _register_subcommands() -> None:
     from trimformer.cli_visualize import visualize_command  # imports only click and errors
 
     cli.add_command(passes_command)
+    cli.add_command(plugins_command)
     cli.add_command(visualize_command)
     cli.add_command(build_command)
     cli.add_command(doctor_command)
-    cli.add_command(plugins_command)
 
 
 _register_subcommands()
