@@ -35,6 +35,7 @@ from trimformer.ops import get_op  # noqa: E402
 TIMING = [
     ("BipartiteMerge", {"channels": 384, "metric_channels": 64, "r": 13, "protected": 1}),
     ("TopKSelect", {"channels": 384, "k": 137, "protected": 1, "fuse": 1}),
+    ("DiverseSelect", {"channels": 384, "feature_channels": 384, "k": 98, "protected": 1}),
 ]
 BATCHES = (1, 8, 64)
 TOKENS = 197

@@ -22,6 +22,8 @@ from trimformer.cli import cli
 from trimformer.errors import UsageError
 from trimformer.exporter import VERIFY_ATOL
 from trimformer.exporter.onnx_export import export_onnx
+from trimformer.graph_passes import PLUGIN_DOMAIN, run_passes
+from trimformer.graph_passes.lint import PLUGIN
 from trimformer.methods import ConfigError, ModelGeometry
 from trimformer.models import GraphIO, adapter_for
 from trimformer.profiles import load_reduction_config
@@ -218,6 +220,12 @@ def test_cli_exports_divprune_verified(tmp_path):
     assert manifest["verify"]["max_abs_error"]["model"] <= VERIFY_ATOL
     graph = onnx.load(out / "model.onnx", load_external_data=False)
     assert [f.name for f in graph.functions] == ["DiverseSelect"]
+    # The bundle's graph for TensorRT: the call becomes the DiverseSelect plugin, lint knows it.
+    plugged, results = run_passes(onnx.load(out / "model.onnx"), ["to-plugins", "lint"])
+    assert results[0].counts["plugins"] == 1 and results[1].report.totals()[PLUGIN] == 1
+    assert [(n.domain, n.op_type) for n in plugged.graph.node if n.domain == PLUGIN_DOMAIN] == [
+        (PLUGIN_DOMAIN, "DiverseSelect")
+    ]
 
 
 @pytest.mark.parametrize(

@@ -54,3 +54,11 @@ def test_cli_prints_the_table_and_exits_0(capsys):
     out = capsys.readouterr().out
     assert code in (0, None)
     assert "trimformer doctor" in out and "plugin library" in out and "usable" in out
+
+
+def test_a_missing_plugin_library_says_how_to_build_it(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    monkeypatch.setattr(doctor, "_PROBES", (doctor._plugin_library,))
+    monkeypatch.setenv("TRIMFORMER_PLUGIN_LIB", str(tmp_path / "absent.so"))
+    [finding] = diagnose()
+    if not finding.ok:  # a checkout with plugins/build/ holds a built library
+        assert "trimformer plugins build" in finding.fix and "TRIMFORMER_PLUGIN_LIB" in finding.fix

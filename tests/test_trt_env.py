@@ -73,7 +73,7 @@ def test_plugin_library_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     candidates = plugin_library_candidates()
     assert candidates[1].parts[-3:] == ("plugins", "build", "libtrimformer_plugins.so")
     if not any(c.is_file() for c in candidates):
-        with pytest.raises(UsageError, match="cmake -S plugins -B plugins/build"):
+        with pytest.raises(UsageError, match="`trimformer plugins build`"):
             find_plugin_library()
 
 

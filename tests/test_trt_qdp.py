@@ -165,6 +165,14 @@ def test_every_op_registers_with_descriptor_impl_and_autotune(trtp):
     assert register_qdp_plugins() == ids  # once per process
     for plugin in trtp.plugins.values():
         assert {"describe", "impl", "autotune"} <= set(plugin)
+    diverse = trtp.plugins["trimformer::DiverseSelect"]  # DivPrune's plugin
+    assert str(impl_signature(get_op("DiverseSelect"))) == (
+        "(x, features, size, k, protected, outputs, stream)"
+    )
+    x_out, size_out = diverse["describe"](
+        TensorDesc(2, 17, 8), TensorDesc(2, 17, 6), TensorDesc(2, 17, 1), 5, 1
+    )
+    assert x_out.dims == (2, 6, 8) and size_out.dims == (2, 6, 1)
     merge = trtp.plugins["trimformer::BipartiteMerge"]
     x_out, size_out = merge["describe"](
         TensorDesc(None, 17, 8), TensorDesc(None, 17, 4), TensorDesc(None, 17, 1), 4, 1

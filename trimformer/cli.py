@@ -391,10 +391,12 @@ def _register_subcommands() -> None:
     from trimformer.cli_doctor import doctor_command  # imports only click
     from trimformer.cli_eval import eval_command  # imports only click
     from trimformer.cli_passes import passes_command  # imports only click and errors
+    from trimformer.cli_plugins import plugins_command  # imports only click
     from trimformer.cli_sweep import sweep_command, tune_command  # imports only click, errors
     from trimformer.cli_visualize import visualize_command  # imports only click and errors
 
     cli.add_command(passes_command)
+    cli.add_command(plugins_command)
     cli.add_command(visualize_command)
     cli.add_command(build_command)
     cli.add_command(doctor_command)

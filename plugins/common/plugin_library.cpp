@@ -1,6 +1,7 @@
 // The entry points TensorRT looks for in a plugin library loaded with trtexec --dynamicPlugins,
 // IPluginRegistry::loadLibrary or the ONNX Runtime TensorRT EP's trt_extra_plugin_lib_paths.
 #include "../bipartite_merge/bipartite_merge_plugin.h"
+#include "../diverse_select/diverse_select_plugin.h"
 #include "../topk_select/topk_select_plugin.h"
 
 // TENSORRTAPI exports only while building TensorRT itself; the library is built with hidden
@@ -17,6 +18,7 @@ extern "C" TRIMFORMER_PLUGIN_EXPORT nvinfer1::IPluginCreatorInterface* const* ge
     static nvinfer1::IPluginCreatorInterface* const kCreators[] = {
         trimformer::plugin::bipartiteMergeCreator(),
         trimformer::plugin::topKSelectCreator(),
+        trimformer::plugin::diverseSelectCreator(),
     };
     nbCreators = static_cast<int32_t>(sizeof(kCreators) / sizeof(kCreators[0]));
     return kCreators;

@@ -5,6 +5,8 @@
 // checked on machines without a GPU and their launches on machines with one.
 #include "../bipartite_merge/bipartite_merge_kernel.h"
 #include "../bipartite_merge/bipartite_merge_phases.cuh"
+#include "../diverse_select/diverse_select_kernel.h"
+#include "../diverse_select/diverse_select_phases.cuh"
 #include "../topk_select/topk_select_kernel.h"
 #include "../topk_select/topk_select_phases.cuh"
 
@@ -55,6 +57,19 @@ void hostTopKSelect(trimformer::TopKSelectParams const& p, void const* x, void c
             auto const item = trimformer::topKSelectItem(p, b, static_cast<T const*>(x), static_cast<T const*>(scores),
                 static_cast<T const*>(size), static_cast<T*>(xOut), static_cast<T*>(sizeOut));
             trimformer::topKSelectPhase(phase, l, p, item, trimformer::topKSelectScratch(scratch, p));
+        });
+}
+
+template <typename T>
+void hostDiverseSelect(trimformer::DiverseSelectParams const& p, void const* x, void const* features, void const* size,
+    void* xOut, void* sizeOut, int32_t lanes)
+{
+    emulate(p.batch, trimformer::diverseSelectPhases(p), trimformer::diverseSelectScratchBytes(p), lanes,
+        [&](int32_t b, int32_t phase, Lanes l, void* scratch) {
+            auto const item = trimformer::diverseSelectItem(p, b, static_cast<T const*>(x),
+                static_cast<T const*>(features), static_cast<T const*>(size), static_cast<T*>(xOut),
+                static_cast<T*>(sizeOut));
+            trimformer::diverseSelectPhase(phase, l, p, item, trimformer::diverseSelectScratch(scratch, p));
         });
 }
 
@@ -111,6 +126,33 @@ int trimformer_topk_select(int device, int dtype, int32_t const* params, void co
     else
     {
         hostTopKSelect<float>(p, x, scores, size, xOut, sizeOut, lanes);
+    }
+    return 0;
+}
+
+//! params: batch, tokens, channels, featureChannels, k, protected. Returns as
+//! trimformer_bipartite_merge.
+int trimformer_diverse_select(int device, int dtype, int32_t const* params, void const* x, void const* features,
+    void const* size, void* xOut, void* sizeOut, void* stream, int lanes)
+{
+    trimformer::DiverseSelectParams const p{params[0], params[1], params[2], params[3], params[4], params[5]};
+    auto const type = static_cast<KernelDType>(dtype);
+    if (device)
+    {
+        return trimformer::launchDiverseSelect(
+            type, p, x, features, size, xOut, sizeOut, static_cast<cudaStream_t>(stream));
+    }
+    if (trimformer::diverseSelectCheck(p) != nullptr || lanes < 1)
+    {
+        return cudaErrorInvalidValue;
+    }
+    if (type == KernelDType::kHALF)
+    {
+        hostDiverseSelect<__half>(p, x, features, size, xOut, sizeOut, lanes);
+    }
+    else
+    {
+        hostDiverseSelect<float>(p, x, features, size, xOut, sizeOut, lanes);
     }
     return 0;
 }

@@ -41,8 +41,13 @@ _KERNEL_DTYPE = {torch.float32: 0, torch.float16: 1}  # trimformer::KernelDType
 TOLERANCES = {torch.float32: 1e-4, torch.float16: 1e-2}
 """atol = rtol per dtype against the torch face run in float32 on the same (upcast) inputs."""
 
-_ENTRY = {"BipartiteMerge": "trimformer_bipartite_merge", "TopKSelect": "trimformer_topk_select"}
-_SHAPE_KEYS = ("batch", "tokens", "channels", "metric_channels", "ties")
+_ENTRY = {
+    "BipartiteMerge": "trimformer_bipartite_merge",
+    "TopKSelect": "trimformer_topk_select",
+    "DiverseSelect": "trimformer_diverse_select",
+}
+_SIZE_KEYS = ("batch", "tokens", "channels", "metric_channels", "feature_channels")
+_INPUT_KEYS = ("ties", "equal")
 
 
 @dataclass(frozen=True)
@@ -54,11 +59,13 @@ class KernelCase:
     sizes: Mapping[str, int]
     attrs: Mapping[str, int]
     ties: bool = False
+    equal: bool = False
 
     @property
     def label(self) -> str:
         attrs = ",".join(f"{k}={v}" for k, v in self.attrs.items())
         ties = ",ties" if self.ties else ""
+        ties += ",equal" if self.equal else ""
         dims = "x".join(str(self.sizes[k]) for k in ("batch", "tokens", "channels"))
         return f"{self.op}[{str(self.dtype).removeprefix('torch.')},{dims},{attrs}{ties}]"
 
@@ -77,14 +84,13 @@ def load_matrix(path: Path = PLUGINS_DIR / "config.yaml") -> list[KernelCase]:
         for dtype in entry["dtypes"]:
             for case in entry["cases"]:
                 attrs = {a.name: case[a.name] for a in spec.attributes}
-                unknown = set(case) - set(attrs) - set(_SHAPE_KEYS)
+                unknown = set(case) - set(attrs) - set(_SIZE_KEYS) - set(_INPUT_KEYS)
                 if unknown:
                     raise ValueError(f"{path}: {op_name} case {case}: unknown keys {unknown}")
                 spec.validate(attrs, case["tokens"])
-                sizes = {k: case[k] for k in _SHAPE_KEYS[:-1] if k in case}
-                cases.append(
-                    KernelCase(op_name, DTYPES[dtype], sizes, attrs, case.get("ties", False))
-                )
+                sizes = {k: case[k] for k in _SIZE_KEYS if k in case}
+                flags = {k: case.get(k, False) for k in _INPUT_KEYS}
+                cases.append(KernelCase(op_name, DTYPES[dtype], sizes, attrs, **flags))
     return cases
 
 
@@ -100,18 +106,27 @@ def build_library(out_dir: Path, arch: str | None = None, nvcc: str = "nvcc") ->
     return out
 
 
+def _axes(b: int, n: int, channels: int, generator: torch.Generator) -> torch.Tensor:
+    """Signed, power-of-two-scaled axes: cosine similarities exactly -1, 0 or 1 (exact ties)."""
+    axis = torch.randint(0, min(channels, 3), (b, n), generator=generator)
+    scale = 2.0 ** torch.randint(-2, 3, (b, n, 1), generator=generator)
+    sign = torch.randint(0, 2, (b, n, 1), generator=generator) * 2 - 1
+    return torch.nn.functional.one_hot(axis, channels).float() * scale * sign
+
+
 def make_inputs(case: KernelCase, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """Random CPU inputs for ``case`` in its dtype; with ``ties`` drawn from small pools."""
+    """Random CPU inputs for ``case`` in its dtype; with ``ties`` drawn from small pools, with
+    ``equal`` every token's features of one direction (every similarity exactly 1)."""
     b, n, c = case.sizes["batch"], case.sizes["tokens"], case.sizes["channels"]
     x = torch.randn(b, n, c, generator=generator)
     size = torch.randint(1, 5, (b, n, 1), generator=generator).float()
-    if case.op == "BipartiteMerge":
-        cm = case.sizes["metric_channels"]
-        if case.ties:  # signed, power-of-two-scaled axes: similarities exactly -1, 0 or 1
-            axis = torch.randint(0, min(cm, 3), (b, n), generator=generator)
+    if case.op in ("BipartiteMerge", "DiverseSelect"):
+        cm = case.sizes["metric_channels" if case.op == "BipartiteMerge" else "feature_channels"]
+        if case.equal:
             scale = 2.0 ** torch.randint(-2, 3, (b, n, 1), generator=generator)
-            sign = torch.randint(0, 2, (b, n, 1), generator=generator) * 2 - 1
-            second = torch.nn.functional.one_hot(axis, cm).float() * scale * sign
+            second = torch.nn.functional.one_hot(torch.zeros(b, n, dtype=torch.long), cm) * scale
+        elif case.ties:
+            second = _axes(b, n, cm, generator)
         else:
             second = torch.randn(b, n, cm, generator=generator)
     elif case.ties:
@@ -160,6 +175,8 @@ class KernelHarness:
         size_out = torch.full((b, m, 1), float("nan"), dtype=x.dtype, device=x.device)
         if op_name == "BipartiteMerge":
             params = (b, n, c, second.shape[-1], attrs["r"], attrs["protected"])
+        elif op_name == "DiverseSelect":
+            params = (b, n, c, second.shape[-1], attrs["k"], attrs["protected"])
         else:
             params = (b, n, c, attrs["k"], attrs["protected"], attrs["fuse"])
         device = x.is_cuda

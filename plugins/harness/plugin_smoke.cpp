@@ -174,15 +174,52 @@ void topKSelect()
     check(fieldValue(saved, "k") == 5 && fieldValue(saved, "fuse") == 1, "serialised fields");
 }
 
+void diverseSelect()
+{
+    IPluginCreatorV3One* creator = creatorNamed("DiverseSelect");
+    check(creator != nullptr, "DiverseSelect creator exists");
+    if (creator == nullptr)
+    {
+        return;
+    }
+    int32_t k = 9;
+    int32_t protectedTokens = 1;
+    PluginField fields[] = {PluginField("k", &k, PluginFieldType::kINT32, 1),
+        PluginField("protected", &protectedTokens, PluginFieldType::kINT32, 1)};
+    PluginFieldCollection fc{2, fields};
+    std::unique_ptr<IPluginV3> plugin(creator->createPlugin("diverse", &fc, TensorRTPhase::kBUILD));
+    check(plugin != nullptr, "createPlugin");
+    if (!plugin)
+    {
+        return;
+    }
+    auto* runtime
+        = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    PluginTensorDesc in[3] = {desc(DataType::kFLOAT, {2, 10, 8}), desc(DataType::kFLOAT, {2, 10, 4}),
+        desc(DataType::kFLOAT, {2, 10, 1})};
+    PluginTensorDesc out[2] = {desc(DataType::kFLOAT, {2, 10, 8}), desc(DataType::kFLOAT, {2, 10, 1})};
+    check(runtime->onShapeChange(in, 3, out, 2) == 0, "onShapeChange accepts k=9 of 9 unprotected");
+    protectedTokens = 2;
+    std::unique_ptr<IPluginV3> tooMany(creator->createPlugin("diverse", &fc, TensorRTPhase::kBUILD));
+    auto* refusing
+        = static_cast<IPluginV3OneRuntime*>(tooMany->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    check(refusing->onShapeChange(in, 3, out, 2) != 0, "onShapeChange refuses k > N-protected");
+    in[1] = desc(DataType::kFLOAT, {2, 10});
+    check(runtime->onShapeChange(in, 3, out, 2) != 0, "features of rank 2 refused");
+    PluginFieldCollection const* saved = runtime->getFieldsToSerialize();
+    check(fieldValue(saved, "k") == 9 && fieldValue(saved, "protected") == 1, "serialised fields");
+}
+
 } // namespace
 
 int main()
 {
     int32_t count = 0;
     getCreators(count);
-    check(count == 2, "two creators");
+    check(count == 3, "three creators");
     bipartiteMerge();
     topKSelect();
+    diverseSelect();
     if (gFailures == 0)
     {
         std::printf("OK\n");

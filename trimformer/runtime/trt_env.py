@@ -129,8 +129,8 @@ def find_plugin_library(explicit: Path | None = None) -> Path:
     raise UsageError(
         f"{PLUGIN_LIBRARY} not found (looked in ${PLUGIN_LIBRARY_ENV} and "
         f"{', '.join(str(c) for c in plugin_library_candidates())}); build it with "
-        "cmake -S plugins -B plugins/build -DTensorRT_ROOT=... && cmake --build plugins/build, "
-        f"or point ${PLUGIN_LIBRARY_ENV} at it"
+        "`trimformer plugins build` (in a source checkout, with TensorRT's headers, cmake and "
+        f"nvcc), or point ${PLUGIN_LIBRARY_ENV} at it"
     )
 
 
