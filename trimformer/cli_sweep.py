@@ -49,6 +49,18 @@ def _model_options(function: Callable[..., Any]) -> Callable[..., Any]:
     return function
 
 
+def _param_names(method: str) -> set[str]:
+    import dataclasses
+
+    from trimformer.methods import ConfigError, get_method
+
+    try:
+        params_type = get_method(method).params_type
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    return {f.name for f in dataclasses.fields(params_type)}
+
+
 def _progress() -> Any:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -131,13 +143,18 @@ def sweep_command(
     from trimformer.tuning.sweep import pareto_front, run_sweep, write_sweep
 
     given = {"r": r_values, "keep": keep_values}
-    fixed = tuple(_parse_sets(sets).items())
+    fixed = _parse_sets(sets)
+    taken: set[str] = set()
     grids = []
     for method in methods:
         knob = knob_of(method)
         text = given.get(knob.param)
         values = parse_values(f"--{knob.param}", text) if text else list(knob.search)
-        grids.append(Grid(method, tuple(values), fixed))
+        mine = {k: v for k, v in fixed.items() if k in _param_names(method)}
+        taken.update(mine)
+        grids.append(Grid(method, tuple(values), tuple(mine.items())))
+    if unused := sorted(set(fixed) - taken):
+        raise UsageError(f"--set {', '.join(unused)}: no method given takes it; check the name")
     spec = ModelSpec(model, checkpoint, image_size, seq_len)
     settings = BenchSettings(data, limit, batch, runs, threads)
     total = sum(len(g.values) for g in grids)
