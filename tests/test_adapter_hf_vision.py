@@ -180,3 +180,32 @@ def test_cli_exports_a_fixed_batch_and_runs_an_image(tmp_path: Path) -> None:
     image = _smooth_image(tmp_path / "image.png")
     ran = CliRunner().invoke(cli, ["run", str(out), str(image)])
     assert ran.exit_code == 0, ran.output
+
+
+def test_pooling_weights_drop_tokens_a_gate_deleted(tmp_path: Path) -> None:
+    """Mean-pooling heads weigh tokens by size times kept, read from the CLS row of the gate's
+    attention bias."""
+    from trimformer.methods.mrt5_gate import deletion_bias
+    from trimformer.models import TokenState
+    from trimformer.models.loading import ModelOptions, load_model
+
+    encoder = load_model(str(tiny_vision_folder(tmp_path / "d", "dinov2")), ModelOptions()).model
+    keep = torch.tensor([[True, False, True, True, False], [True, True, False, False, False]])
+    sizes = torch.tensor([1.0, 2.0, 3.0, 1.0, 1.0]).expand(2, 5).unsqueeze(-1)
+    state = TokenState(sizes=sizes, attn_bias=deletion_bias(keep))
+    weights = encoder._weights(torch.zeros(2, 5, 32), state)
+    torch.testing.assert_close(weights, sizes * keep.unsqueeze(-1))
+
+
+def test_a_folder_without_image_processor_warns_and_uses_defaults(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from trimformer.models.hf_preprocess import image_preprocess
+
+    folder = tiny_vision_folder(tmp_path / "vit", "vit")
+    (folder / "preprocessor_config.json").unlink()
+    with caplog.at_level("WARNING"):
+        preprocess = image_preprocess(folder, 3, 32)
+    assert "has no image processor config" in caplog.text
+    assert preprocess["input_size"] == [3, 32, 32]
+    assert preprocess["crop_mode"] == "squash"
