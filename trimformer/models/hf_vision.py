@@ -321,8 +321,12 @@ class VisionEncoder(nn.Module):
         self.tower = layout.tower(model)
         self.depth = len(layout.layers(self.tower)) if depth is None else depth
         config = self.tower.config
-        patch = config.patch_size
-        size = config.image_size
+        patch, size = config.patch_size, config.image_size
+        if not isinstance(size, int) or not isinstance(patch, int):
+            raise AdapterError(
+                f"image_size {size} / patch_size {patch} are not single ints; trimformer "
+                "exports square images of square patches"
+            )
         self.grid = (size // patch, size // patch)
         self.protected = layout.protected(self.tower)
         self.num_tokens = self.grid[0] * self.grid[1] + self.protected
