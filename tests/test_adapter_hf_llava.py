@@ -49,6 +49,7 @@ def test_unreduced_export_equals_get_image_features(
         ("divprune", {"k": 4, "layers": [1]}, 4),
         ("hired", {"k": 4, "select_layer": 1}, 4),
         ("tome", {"r": 4}, 8),
+        ("evit", {"keep": 0.25, "layers": [1], "fuse": False}, 4),  # top-k by CLS attention
     ],
 )
 def test_reduced_tower_hands_fewer_tokens_to_the_llm(

@@ -26,14 +26,30 @@ SUPPORTED_VISION_TYPES = (*(t for f in FAMILIES for t in f.model_types), *_LLAVA
 
 
 def _build(folder: Path, config: Any) -> torch.nn.Module:
-    """The architecture ``config`` names (or the bare model), loaded with eager attention."""
+    """The architecture ``config`` names (or the bare model), loaded in float32 with eager
+    attention. LLaVA's language model is not exported: it is built with no layers, so that its
+    weights (most of the checkpoint) are never read into memory."""
+    import copy
+
     import transformers
+    from transformers.utils import logging as hf_logging
 
     architectures = getattr(config, "architectures", None) or []
     cls = getattr(transformers, architectures[0], None) if architectures else None
     if cls is None:
         cls = transformers.AutoModel
-    return cls.from_pretrained(folder, attn_implementation="eager").eval()
+    verbosity = hf_logging.get_verbosity()
+    if config.model_type in _LLAVA_TYPES:
+        config = copy.deepcopy(config)
+        config.text_config.num_hidden_layers = 0
+        hf_logging.set_verbosity_error()  # not the report of every language-model weight skipped
+    try:
+        model = cls.from_pretrained(
+            folder, config=config, attn_implementation="eager", dtype=torch.float32
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model.eval()
 
 
 def load_vision_model(name: str, folder: Path, config: Any, options: ModelOptions) -> LoadedModel:
