@@ -199,7 +199,16 @@ def test_export_cli_with_seq_len_and_set(tmp_path: Path) -> None:
 
 def test_every_registered_adapter_has_an_export_test() -> None:
     """A new adapter must come with a test of its un-reduced and reduced exports."""
-    tested = {"timm-vit": "test_adapter_timm.py", "hf-text": "test_adapter_hf_text.py"}
+    tested = {
+        "timm-vit": "test_adapter_timm.py",
+        "hf-text": "test_adapter_hf_text.py",
+        "hf-vit": "test_adapter_hf_vision.py",
+        "hf-deit": "test_adapter_hf_vision.py",
+        "hf-clip": "test_adapter_hf_vision.py",
+        "hf-siglip": "test_adapter_hf_vision.py",
+        "hf-dinov2": "test_adapter_hf_vision.py",
+        "hf-llava": "test_adapter_hf_llava.py",
+    }
     for adapter in registered_adapters():
         assert adapter.family in tested, f"adapter {adapter.family} has no export test"
         assert (Path(__file__).parent / tested[adapter.family]).is_file()

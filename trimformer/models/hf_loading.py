@@ -1,4 +1,5 @@
-"""Load Hugging Face text encoders from ``hf:ORG/NAME`` or a local folder.
+"""Load Hugging Face models from ``hf:ORG/NAME`` or a local folder: text encoders here, vision
+models in hf_vision_loading (routed by the config's ``model_type``).
 
 A sentence-transformers folder (``modules.json``) declares its pooling (``1_Pooling/config.json``),
 whether it L2-normalises, and its maximum sequence length; a plain ``save_pretrained`` folder is
@@ -89,16 +90,36 @@ def _example(encoder: TextEncoder, options: ModelOptions, vocab: int) -> dict[st
 
 
 def load_hf_model(name: str, options: ModelOptions) -> LoadedModel:
-    """A ``TextEncoder`` over the transformers model ``name`` names, with its tokenizer."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    """The transformers model ``name`` names: a text encoder with its tokenizer, or a vision
+    model (hf_vision_loading)."""
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
+    from trimformer.models.hf_vision_loading import SUPPORTED_VISION_TYPES, load_vision_model
+
     hf_logging.disable_progress_bar()
-    if options.image_size is not None:
-        raise UsageError("--image-size is for image models; text models take --seq-len")
     if options.checkpoint is not None or options.pretrained:
         raise UsageError("Hugging Face models carry their weights; drop --checkpoint/--pretrained")
     folder = _resolve(name)
+    if not (folder / "modules.json").is_file():
+        config = AutoConfig.from_pretrained(folder)
+        if config.model_type in SUPPORTED_VISION_TYPES:
+            return load_vision_model(name, folder, config, options)
+        if config.model_type not in SUPPORTED_TEXT_TYPES:
+            supported = ", ".join((*SUPPORTED_TEXT_TYPES, *SUPPORTED_VISION_TYPES))
+            raise UsageError(
+                f"{name}: model type {config.model_type!r} is not supported; supported Hugging "
+                f"Face model types: {supported}"
+            )
+    return _load_text(name, folder, options)
+
+
+def _load_text(name: str, folder: Path, options: ModelOptions) -> LoadedModel:
+    """A ``TextEncoder`` over the transformers text model in ``folder``, with its tokenizer."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    if options.image_size is not None:
+        raise UsageError("--image-size is for image models; text models take --seq-len")
     pooling, normalize, max_len = "mean", False, None
     if (folder / "modules.json").is_file():
         folder, pooling, normalize, max_len = _sentence_transformers(folder)
@@ -106,7 +127,7 @@ def load_hf_model(name: str, options: ModelOptions) -> LoadedModel:
     if config.model_type not in SUPPORTED_TEXT_TYPES:
         raise UsageError(
             f"{name}: model type {config.model_type!r} is not supported; supported Hugging Face "
-            f"families: {', '.join(SUPPORTED_TEXT_TYPES)}"
+            f"text model types: {', '.join(SUPPORTED_TEXT_TYPES)}"
         )
     limit = min(v for v in (max_len, config.max_position_embeddings) if v is not None)
     seq_len = options.seq_len or min(_DEFAULT_SEQ_LEN, limit)
