@@ -51,7 +51,10 @@ __all__ = [
 
 # Every method but the delete gate, which masks tokens instead of removing them: fine for a CLS
 # output, but a head that pools over tokens or hands them on must know which are gone.
-ALL_BUT_GATE = ("tome", "evit", "zero_tprune", "divprune", "hired", "tail_drop", "keep_subset")
+ALL_BUT_GATE = (
+    *("tome", "evit", "zero_tprune", "divprune", "hired", "todre"),
+    *("tail_drop", "keep_subset", "group_merge"),
+)
 
 Pool = Callable[[nn.Module, nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
