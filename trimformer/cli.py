@@ -63,10 +63,46 @@ def _chosen_reduction(config: str | None, method: str | None) -> ReductionConfig
 
     if config is None:
         return ReductionConfig(method) if method is not None else None
-    reduction = load_reduction_config(config)
+    reduction = ReductionConfig("none", source="none") if config == "none" else None
+    reduction = reduction or load_reduction_config(config)
     if method and method != reduction.method:
         raise UsageError(f"--method {method} contradicts {config}, which is {reduction.method}")
     return reduction
+
+
+def _bank(
+    configs: tuple[str, ...], rs: tuple[str, ...], method: str | None, overrides: dict[str, Any]
+) -> tuple[tuple[str, ReductionConfig], ...]:
+    """The named configs of ``export --config A --config B ...`` or ``--r 0 --r 8 ...``."""
+    from trimformer.profiles import ReductionConfig
+
+    if len(configs) > 1:
+        if rs or method or overrides:
+            raise UsageError(
+                "--method/--r/--keep/--k/--layers/--set shape one config; with several --config "
+                "put each config's params in its YAML file"
+            )
+        named = []
+        for spec in configs:
+            path = Path(spec)
+            name = path.stem if path.suffix in (".yaml", ".yml") else path.name
+            named.append((name, _chosen_reduction(spec, None) or ReductionConfig("none")))
+        return tuple(named)
+    base = _chosen_reduction(configs[0] if configs else None, method)
+    if base is None or base.method == "none":
+        raise UsageError("several --r need a method; add --method tome")
+    return tuple(
+        (
+            f"{base.method}-r{value.replace(',', '.')}",
+            ReductionConfig(
+                base.method,
+                {**base.params, **overrides, "r": _parse_r(value)},
+                base.source,
+                base.description,
+            ),
+        )
+        for value in rs
+    )
 
 
 def _overrides(
@@ -119,9 +155,20 @@ def cli() -> None:
     help="Reduction method: tome, evit, zero_tprune, divprune, tail_drop, keep_subset, hired, "
     "mrt5_gate, or none.",
 )
-@click.option("--config", "config", default=None, help="Reduction profile name or YAML file.")
 @click.option(
-    "--r", "r", default=None, help="ToMe tokens merged per layer: 13, or per-layer 8,8,..."
+    "--config",
+    "configs",
+    multiple=True,
+    help="Reduction profile name, YAML file or none. Repeat it to export a config bank, one "
+    "bundle of several configs of the same weights, switched at run time: "
+    "--config none --config vit-tome-r8 (the first is the default).",
+)
+@click.option(
+    "--r",
+    "rs",
+    multiple=True,
+    help="ToMe tokens merged per layer: 13, or per-layer 8,8,... Repeat it for a config bank "
+    "of several strengths: --r 0 --r 8 --r 13 (configs tome-r0, tome-r8, tome-r13).",
 )
 @click.option(
     "--schedule",
@@ -174,8 +221,8 @@ def export(
     model: str,
     output: Path,
     method: str | None,
-    config: str | None,
-    r: str | None,
+    configs: tuple[str, ...],
+    rs: tuple[str, ...],
     schedule: str | None,
     keep: float | None,
     k: int | None,
@@ -199,18 +246,25 @@ def export(
     from trimformer.exporter import ExportRequest, export_bundle
     from trimformer.profiles import ReductionConfig
 
-    reduction = _chosen_reduction(config, method) or ReductionConfig("none")
-    overrides = {**_parse_sets(sets), **_overrides(r, schedule, keep, k)}
+    overrides = {**_parse_sets(sets), **_overrides(None, schedule, keep, k)}
     if (layer_list := _parse_ints("--layers", layers, "zero-based layers (3,6,9)")) is not None:
         overrides["layers"] = layer_list
-    if overrides and reduction.method == "none":
-        raise UsageError(
-            "--r/--schedule/--keep/--k/--layers/--set need a method; add --method tome or "
-            "--method evit"
+    bank = _bank(configs, rs, method, overrides) if len(configs) > 1 or len(rs) > 1 else ()
+    reduction = ReductionConfig("none")
+    if not bank:
+        reduction = _chosen_reduction(configs[0] if configs else None, method) or reduction
+        overrides.update(_overrides(rs[0] if rs else None, None, None))
+        if overrides and reduction.method == "none":
+            raise UsageError(
+                "--r/--schedule/--keep/--k/--layers/--set need a method; add --method tome or "
+                "--method evit"
+            )
+        reduction = ReductionConfig(
+            reduction.method,
+            {**reduction.params, **overrides},
+            reduction.source,
+            reduction.description,
         )
-    reduction = ReductionConfig(
-        reduction.method, {**reduction.params, **overrides}, reduction.source, reduction.description
-    )
     request = ExportRequest(
         model=model,
         output=output,
@@ -223,6 +277,7 @@ def export(
         opset=opset,
         verify=verify,
         force=force,
+        bank=bank,
     )
     with console.status("exporting", spinner="dots") as status:
         manifest = export_bundle(request, step=lambda s: status.update(f"[bold]{model}[/]: {s}"))
@@ -232,19 +287,16 @@ def export(
 def _print_export_summary(output: Path, manifest: dict[str, Any]) -> None:
     from rich.table import Table
 
-    reduction = manifest["reduction"]
-    table = Table(title=f"{output}  ({manifest['model']['id']}, {reduction['method']})")
-    for column in ("graph", "tokens out", "GFLOPs", "max abs err vs torch"):
-        table.add_column(column, justify="right" if column != "graph" else "left")
+    table = Table(title=f"{output}  ({manifest['model']['id']})")
+    for column in ("config", "graph", "tokens out", "GFLOPs", "max abs err vs torch"):
+        table.add_column(column, justify="left" if column in ("config", "graph") else "right")
     errors = (manifest.get("verify") or {}).get("max_abs_error", {})
-    for name, graph in manifest["graphs"].items():
-        final = (
-            reduction["tokens_per_layer"][-1]
-            if name == "model" and reduction["layers"]
-            else manifest["model"]["tokens"]
-        )
-        err = f"{errors[name]:.2e}" if name in errors else "not verified"
-        table.add_row(graph["file"], str(final), f"{graph['flops'] / 1e9:.2f}", err)
+    for name, config in manifest["configs"].items():
+        graph = config["graph"]
+        final = config["tokens_per_layer"][-1] if config["layers"] else manifest["model"]["tokens"]
+        err = f"{errors[graph]:.2e}" if graph in errors else "not verified"
+        flops = f"{config['flops'] / 1e9:.2f}"
+        table.add_row(name, manifest["graphs"][graph]["file"], str(final), flops, err)
     out.print(table)
     out.print(f"exported in {manifest['export_seconds']} s")
 
@@ -268,6 +320,14 @@ def _print_export_summary(output: Path, manifest: dict[str, Any]) -> None:
 @click.option(
     "--profile-ops", is_flag=True, help="Also profile the reduction ops' share of runtime."
 )
+@click.option(
+    "--config",
+    "configs",
+    multiple=True,
+    metavar="NAME|all",
+    help="Time these configs of the bundle (repeatable; all: every one), interleaved on one "
+    "session that holds the weights once; one row per config.",
+)
 def bench(
     bundle: Path,
     vs_full: bool,
@@ -277,6 +337,7 @@ def bench(
     warmup: int,
     json_path: Path | None,
     profile_ops: bool,
+    configs: tuple[str, ...],
 ) -> None:
     """Time a bundle on ONNX Runtime: p50/p90 latency, throughput, optionally vs the full model.
 
@@ -286,6 +347,15 @@ def bench(
 
     from trimformer.runtime import benchmark
     from trimformer.runtime.bench import render_table
+
+    if configs:
+        if vs_full or profile_ops:
+            raise UsageError(
+                "--vs-full and --profile-ops time the default config; with --config add "
+                "--config none to compare with the full model"
+            )
+        _bench_configs(bundle, configs, batch, threads, runs, warmup, json_path)
+        return
 
     result = benchmark(
         bundle, batch=batch, threads=threads, runs=runs, warmup=warmup, vs_full=vs_full
@@ -306,6 +376,31 @@ def bench(
         figures["op_profile"] = ops.to_json()
     if json_path is not None:
         _write_json(json_path, figures)
+
+
+def _bench_configs(
+    bundle: Path,
+    configs: tuple[str, ...],
+    batch: int,
+    threads: int | None,
+    runs: int,
+    warmup: int,
+    json_path: Path | None,
+) -> None:
+    from rich.markup import escape
+
+    from trimformer.runtime import benchmark_configs
+    from trimformer.runtime.bench import render_bank_table
+
+    names = None if "all" in configs else configs
+    result = benchmark_configs(
+        bundle, names, batch=batch, threads=threads, runs=runs, warmup=warmup
+    )
+    out.print(render_bank_table(result))
+    for note in result.telemetry_notes:
+        console.print(f"[dim]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    if json_path is not None:
+        _write_json(json_path, result.to_json())
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
