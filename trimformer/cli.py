@@ -70,41 +70,6 @@ def _chosen_reduction(config: str | None, method: str | None) -> ReductionConfig
     return reduction
 
 
-def _bank(
-    configs: tuple[str, ...], rs: tuple[str, ...], method: str | None, overrides: dict[str, Any]
-) -> tuple[tuple[str, ReductionConfig], ...]:
-    """The named configs of ``export --config A --config B ...`` or ``--r 0 --r 8 ...``."""
-    from trimformer.profiles import ReductionConfig
-
-    if len(configs) > 1:
-        if rs or method or overrides:
-            raise UsageError(
-                "--method/--r/--keep/--k/--layers/--set shape one config; with several --config "
-                "put each config's params in its YAML file"
-            )
-        named = []
-        for spec in configs:
-            path = Path(spec)
-            name = path.stem if path.suffix in (".yaml", ".yml") else path.name
-            named.append((name, _chosen_reduction(spec, None) or ReductionConfig("none")))
-        return tuple(named)
-    base = _chosen_reduction(configs[0] if configs else None, method)
-    if base is None or base.method == "none":
-        raise UsageError("several --r need a method; add --method tome")
-    return tuple(
-        (
-            f"{base.method}-r{value.replace(',', '.')}",
-            ReductionConfig(
-                base.method,
-                {**base.params, **overrides, "r": _parse_r(value)},
-                base.source,
-                base.description,
-            ),
-        )
-        for value in rs
-    )
-
-
 def _overrides(
     r: str | None, schedule: str | None, keep: float | None, k: int | None = None
 ) -> dict[str, Any]:
@@ -249,7 +214,11 @@ def export(
     overrides = {**_parse_sets(sets), **_overrides(None, schedule, keep, k)}
     if (layer_list := _parse_ints("--layers", layers, "zero-based layers (3,6,9)")) is not None:
         overrides["layers"] = layer_list
-    bank = _bank(configs, rs, method, overrides) if len(configs) > 1 or len(rs) > 1 else ()
+    bank: tuple[tuple[str, ReductionConfig], ...] = ()
+    if len(configs) > 1 or len(rs) > 1:
+        from trimformer.cli_bank import bank_configs
+
+        bank = bank_configs(configs, rs, method, overrides)
     reduction = ReductionConfig("none")
     if not bank:
         reduction = _chosen_reduction(configs[0] if configs else None, method) or reduction
@@ -354,7 +323,9 @@ def bench(
                 "--vs-full and --profile-ops time the default config; with --config add "
                 "--config none to compare with the full model"
             )
-        _bench_configs(bundle, configs, batch, threads, runs, warmup, json_path)
+        from trimformer.cli_bank import bench_configs
+
+        bench_configs(bundle, configs, batch, threads, runs, warmup, json_path)
         return
 
     result = benchmark(
@@ -376,31 +347,6 @@ def bench(
         figures["op_profile"] = ops.to_json()
     if json_path is not None:
         _write_json(json_path, figures)
-
-
-def _bench_configs(
-    bundle: Path,
-    configs: tuple[str, ...],
-    batch: int,
-    threads: int | None,
-    runs: int,
-    warmup: int,
-    json_path: Path | None,
-) -> None:
-    from rich.markup import escape
-
-    from trimformer.runtime import benchmark_configs
-    from trimformer.runtime.bench import render_bank_table
-
-    names = None if "all" in configs else configs
-    result = benchmark_configs(
-        bundle, names, batch=batch, threads=threads, runs=runs, warmup=warmup
-    )
-    out.print(render_bank_table(result))
-    for note in result.telemetry_notes:
-        console.print(f"[dim]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
-    if json_path is not None:
-        _write_json(json_path, result.to_json())
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
