@@ -87,11 +87,12 @@ def bank_configs(manifest: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]]
     """The bundle's configs (name -> entry with "graph") and the default one's name.
 
     Bundles written before config banks read as a bank of their reduction (graph "model",
-    named after its method and params) and, when present, ``none`` (graph "full").
+    named after its method and its r, k or keep: ``tome-r13``) and, when present, ``none``
+    (graph "full").
     """
     configs = manifest.get("configs")
     default = manifest.get("default_config")
-    if isinstance(configs, dict) and configs and default in configs:
+    if isinstance(configs, dict) and isinstance(default, str) and default in configs:
         return configs, default
     graphs = manifest.get("graphs")
     reduction = manifest.get("reduction")
@@ -100,7 +101,7 @@ def bank_configs(manifest: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]]
     params = reduction.get("params") or {}
     if not isinstance(method, str) or not isinstance(params, dict):
         method, params = "none", {}
-    name = default_config_name(method, params)
+    name = default_config_name(method, {k: params[k] for k in ("r", "k", "keep") if k in params})
     derived = {name: {**reduction, "graph": "model"}}
     if isinstance(graphs, dict) and "full" in graphs:
         derived["none" if name != "none" else "full"] = {"method": "none", "graph": "full"}

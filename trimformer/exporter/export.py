@@ -105,7 +105,8 @@ def _variants(
 
     The first config's graph is "model" and the un-reduced one "full" (so every tool that reads
     "model", and ``bench --vs-full``, works on a bank as on a one-config bundle); a further
-    reducing config NAME is graph "cfg-NAME". Configs that reduce nothing share one graph.
+    reducing config NAME is graph "cfg-NAME". Configs that reduce nothing share one graph, and
+    config "none" (added when not given) names it.
     """
     variants: dict[str, nn.Module] = {}
     graph_of: dict[str, str] = {}
@@ -118,9 +119,9 @@ def _variants(
         else:
             graph_of[name] = "model" if i == 0 else f"cfg-{name}"
             variants[graph_of[name]] = adapter.insert(model, plan.reducer).eval()
-    if full is None:  # the un-reduced graph is cheap beside the weights: keep it as "none"
+    if full is None:  # the un-reduced graph is cheap beside the weights: keep it
         variants["full"] = model
-        graph_of["none"] = "full"
+    graph_of.setdefault("none", full or "full")  # "none" is always a config
     return variants, graph_of
 
 
@@ -210,7 +211,7 @@ def export_bundle(request: ExportRequest, step: Step = lambda _: None) -> dict[s
         raise UsageError(str(exc)) from None
     plans = [(name, _plan(adapter, reduction, model)) for name, reduction in configs]
     variants, graph_of = _variants(adapter, model, plans)
-    if "none" in graph_of and all(name != "none" for name, _ in configs):
+    if all(name != "none" for name, _ in configs):
         configs.append(("none", ReductionConfig("none", source="un-reduced graph")))
         plans.append(("none", None))
     graphs: dict[str, onnx.ModelProto] = {}

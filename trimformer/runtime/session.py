@@ -312,7 +312,8 @@ class Session:
             options.profile_file_prefix = profile_prefix
         if threads is not None:
             options.intra_op_num_threads = threads
-        shared = self._weights.initializers(graph.name) if self._weights else {}
+        weights = self._weights  # close() may drop it meanwhile
+        shared = weights.initializers(graph.name) if weights is not None else {}
         if shared:  # prepacking would give each session its own packed copy of every weight
             options.add_session_config_entry("session.disable_prepacking", "1")
         for name, value in shared.items():
