@@ -139,9 +139,9 @@ class Session:
     name from ``configs``) picks the config run by default. Other configs open on first use, or
     all at once with ``preload`` (then ``use`` only swaps a reference). With ``share_weights``
     every config's session reads the same weight buffers, held once; ONNX Runtime's weight
-    prepacking is then off, as it would copy every weight per session (on CPU that makes runs
-    somewhat slower: see benchmarks/config_bank.py). ``share_weights=False`` gives each
-    session its own prepacked weights: fastest for one config, N copies for N.
+    prepacking is then off, as it would copy every weight per session (on CPU, DeiT-S ran
+    1.1-1.4x slower without it: benchmarks/config_bank.py). ``share_weights=False`` gives
+    each session its own prepacked weights: fastest, but N copies for N configs.
 
     ``run`` may be called from several threads at once, also while another thread calls
     ``use``: a call takes its config's session under a lock and finishes on it. NaN and inf
