@@ -107,8 +107,8 @@ def run(models: list[str], r: int, runs: int, threads: int | None, work: Path) -
         )
         export_s = time.perf_counter() - started
         # No spinning: idle ORT threads would otherwise steal the cores of the variant timed next.
-        reduced = load(bundle, threads=threads, spinning=False)
-        full = load(bundle, graph="full", threads=threads, spinning=False)
+        reduced = load(bundle, threads=threads, spinning=False, share_weights=False)
+        full = load(bundle, graph="full", threads=threads, spinning=False, share_weights=False)
         control = control_session(model_id, r, threads)
         eager_reduced, eager_full = eager_models(model_id, r)
         flops = manifest["graphs"]["model"]["flops"], manifest["graphs"]["full"]["flops"]

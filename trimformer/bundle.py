@@ -5,9 +5,14 @@ BUNDLE/
   model.onnx      the reduced graph; reductions are trimformer model-local functions
   full.onnx       the un-reduced graph of the same weights (absent for --method none)
   weights.bin     every initializer stored once, shared by both graphs (ONNX external data)
+  cfg-NAME.onnx   a config bank's further reduced graphs (``export --config A --config B``)
   tokenizer/      assets the inputs need (text models: the tokenizer, save_pretrained format)
-  manifest.json   model, reduction, graphs (inputs, outputs, FLOPs), ops, tools, sha256 of files
+  manifest.json   model, reduction, configs, graphs (inputs, outputs, FLOPs), ops, tools,
+                  shared_weights (where each graph's initializers lie in weights.bin),
+                  sha256 of files
 ```
+``shared_weights`` lets the runtime read every tensor once and hand the same buffer to the
+ONNX Runtime session of each graph, so a bank of configs holds its weights in memory once.
 Bundles are written to a temporary sibling directory and renamed into place, so a failed or
 interrupted export leaves nothing half-written, and an existing bundle is replaced only on request.
 Both the exporter (writing) and the runtime (reading, hash checks) use this module.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -27,10 +33,14 @@ from trimformer import __version__
 from trimformer.errors import RuntimeFailure, UsageError
 
 __all__ = [
+    "CONFIG_NAME",
     "FORMAT",
     "FORMAT_VERSION",
     "MANIFEST",
     "WEIGHTS",
+    "bank_configs",
+    "check_config_name",
+    "default_config_name",
     "read_manifest",
     "sha256_file",
     "write_bundle",
@@ -45,6 +55,57 @@ if TYPE_CHECKING:
 
 _EXTERNAL_MIN_BYTES = 1024
 _ALIGN = 64
+CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""A config name: also a file name (cfg-NAME.onnx), so letters, digits, '.', '_', '-'."""
+
+
+def check_config_name(name: str) -> None:
+    if not CONFIG_NAME.fullmatch(name):
+        raise UsageError(
+            f"config name {name!r} is not usable; use up to 64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+
+
+def default_config_name(method: str, params: Mapping[str, Any]) -> str:
+    """A config's name from its method and params, e.g. ``tome-r8``, ``evit-keep0.7``, ``none``.
+
+    Lists are joined by '.', and a name that would be too long ends in a hash of the params.
+    """
+    parts = [method]
+    for key, value in params.items():
+        text = ".".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+        parts.append(f"{key}{text}" if key in ("r", "k", "keep") else f"{key}-{text}")
+    name = re.sub(r"[^A-Za-z0-9._-]", "", "-".join(parts))
+    if CONFIG_NAME.fullmatch(name):
+        return name
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{re.sub(r'[^A-Za-z0-9_]', '', method)[:40] or 'config'}-{digest[:12]}"
+
+
+def bank_configs(manifest: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], str]:
+    """The bundle's configs (name -> entry with "graph") and the default one's name.
+
+    Bundles written before config banks read as a bank of their reduction (graph "model",
+    named after its method and its r, k or keep: ``tome-r13``) and, when present, ``none``
+    (graph "full").
+    """
+    configs = manifest.get("configs")
+    default = manifest.get("default_config")
+    if isinstance(configs, dict) and isinstance(default, str) and default in configs:
+        return configs, default
+    graphs = manifest.get("graphs")
+    reduction = manifest.get("reduction")
+    reduction = reduction if isinstance(reduction, dict) else {}
+    method = reduction.get("method", "none")
+    params = reduction.get("params") or {}
+    if not isinstance(method, str) or not isinstance(params, dict):
+        method, params = "none", {}
+    name = default_config_name(method, {k: params[k] for k in ("r", "k", "keep") if k in params})
+    derived = {name: {**reduction, "graph": "model"}}
+    if isinstance(graphs, dict) and "full" in graphs:
+        derived["none" if name != "none" else "full"] = {"method": "none", "graph": "full"}
+    return derived, name
 
 
 def sha256_file(path: Path) -> str:
@@ -55,27 +116,43 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _externalize(graphs: Mapping[str, onnx.ModelProto], weights_path: Path) -> None:
-    """Move large initializers of all graphs into one file, each distinct tensor stored once."""
+def _externalize(graphs: Mapping[str, onnx.ModelProto], weights_path: Path) -> dict[str, Any]:
+    """Move large initializers of all graphs into one file, each distinct tensor stored once.
+
+    Returns the manifest's ``shared_weights``: ``tensors`` (offset, bytes, dtype, shape of each
+    stored tensor) and ``graphs`` (graph name -> initializer name -> index into ``tensors``).
+    """
     import onnx  # only writers need onnx; the runtime reads bundles without it
     from onnx.external_data_helper import set_external_data
 
-    offsets: dict[bytes, tuple[int, int]] = {}
+    index: dict[tuple[bytes, int, tuple[int, ...]], int] = {}
+    tensors: list[dict[str, Any]] = []
+    uses: dict[str, dict[str, int]] = {}
     with weights_path.open("wb") as out:
-        for model in graphs.values():
+        for name, model in graphs.items():
+            uses[name] = {}
             for tensor in model.graph.initializer:
                 raw = tensor.raw_data
                 if len(raw) < _EXTERNAL_MIN_BYTES:
                     continue
-                key = hashlib.sha256(raw).digest()
-                if key not in offsets:
+                key = (hashlib.sha256(raw).digest(), tensor.data_type, tuple(tensor.dims))
+                if key not in index:
                     out.write(b"\0" * (-out.tell() % _ALIGN))
-                    offsets[key] = (out.tell(), len(raw))
+                    index[key] = len(tensors)
+                    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).name
+                    shape = list(tensor.dims)
+                    tensors.append(
+                        {"offset": out.tell(), "bytes": len(raw), "dtype": dtype, "shape": shape}
+                    )
                     out.write(raw)
-                offset, length = offsets[key]
-                set_external_data(tensor, location=WEIGHTS, offset=offset, length=length)
+                entry = tensors[index[key]]
+                uses[name][tensor.name] = index[key]
+                set_external_data(
+                    tensor, location=WEIGHTS, offset=entry["offset"], length=entry["bytes"]
+                )
                 tensor.ClearField("raw_data")
                 tensor.data_location = onnx.TensorProto.EXTERNAL
+    return {"file": WEIGHTS, "tensors": tensors, "graphs": uses}
 
 
 def write_bundle(
@@ -105,7 +182,7 @@ def write_bundle(
             f"cannot write to {dest.parent}: {exc.strerror}; choose a writable -o"
         ) from None
     try:
-        _externalize(graphs, tmp / WEIGHTS)
+        shared_weights = _externalize(graphs, tmp / WEIGHTS)
         for name, model in graphs.items():
             onnx.save_model(model, tmp / f"{name}.onnx")
         for name, write_asset in (assets or {}).items():
@@ -117,6 +194,7 @@ def write_bundle(
         }
         full = {"format": FORMAT, "format_version": FORMAT_VERSION, "trimformer": __version__}
         full.update(manifest)
+        full["shared_weights"] = shared_weights
         full["files"] = files
         (tmp / MANIFEST).write_text(json.dumps(full, indent=2) + "\n")
         _replace(tmp, dest)

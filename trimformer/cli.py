@@ -63,7 +63,8 @@ def _chosen_reduction(config: str | None, method: str | None) -> ReductionConfig
 
     if config is None:
         return ReductionConfig(method) if method is not None else None
-    reduction = load_reduction_config(config)
+    reduction = ReductionConfig("none", source="none") if config == "none" else None
+    reduction = reduction or load_reduction_config(config)
     if method and method != reduction.method:
         raise UsageError(f"--method {method} contradicts {config}, which is {reduction.method}")
     return reduction
@@ -119,9 +120,20 @@ def cli() -> None:
     help="Reduction method: tome, evit, zero_tprune, divprune, tail_drop, keep_subset, hired, "
     "mrt5_gate, or none.",
 )
-@click.option("--config", "config", default=None, help="Reduction profile name or YAML file.")
 @click.option(
-    "--r", "r", default=None, help="ToMe tokens merged per layer: 13, or per-layer 8,8,..."
+    "--config",
+    "configs",
+    multiple=True,
+    help="Reduction profile name, YAML file or none. Repeat it to export a config bank, one "
+    "bundle of several configs of the same weights, switched at run time: "
+    "--config none --config vit-tome-r8 (the first is the default).",
+)
+@click.option(
+    "--r",
+    "rs",
+    multiple=True,
+    help="ToMe tokens merged per layer: 13, or per-layer 8,8,... Repeat it for a config bank "
+    "of several strengths: --r 0 --r 8 --r 13 (configs tome-r0, tome-r8, tome-r13).",
 )
 @click.option(
     "--schedule",
@@ -174,8 +186,8 @@ def export(
     model: str,
     output: Path,
     method: str | None,
-    config: str | None,
-    r: str | None,
+    configs: tuple[str, ...],
+    rs: tuple[str, ...],
     schedule: str | None,
     keep: float | None,
     k: int | None,
@@ -199,18 +211,29 @@ def export(
     from trimformer.exporter import ExportRequest, export_bundle
     from trimformer.profiles import ReductionConfig
 
-    reduction = _chosen_reduction(config, method) or ReductionConfig("none")
-    overrides = {**_parse_sets(sets), **_overrides(r, schedule, keep, k)}
+    overrides = {**_parse_sets(sets), **_overrides(None, schedule, keep, k)}
     if (layer_list := _parse_ints("--layers", layers, "zero-based layers (3,6,9)")) is not None:
         overrides["layers"] = layer_list
-    if overrides and reduction.method == "none":
-        raise UsageError(
-            "--r/--schedule/--keep/--k/--layers/--set need a method; add --method tome or "
-            "--method evit"
+    bank: tuple[tuple[str, ReductionConfig], ...] = ()
+    if len(configs) > 1 or len(rs) > 1:
+        from trimformer.cli_bank import bank_configs
+
+        bank = bank_configs(configs, rs, method, overrides)
+    reduction = ReductionConfig("none")
+    if not bank:
+        reduction = _chosen_reduction(configs[0] if configs else None, method) or reduction
+        overrides.update(_overrides(rs[0] if rs else None, None, None))
+        if overrides and reduction.method == "none":
+            raise UsageError(
+                "--r/--schedule/--keep/--k/--layers/--set need a method; add --method tome or "
+                "--method evit"
+            )
+        reduction = ReductionConfig(
+            reduction.method,
+            {**reduction.params, **overrides},
+            reduction.source,
+            reduction.description,
         )
-    reduction = ReductionConfig(
-        reduction.method, {**reduction.params, **overrides}, reduction.source, reduction.description
-    )
     request = ExportRequest(
         model=model,
         output=output,
@@ -223,6 +246,7 @@ def export(
         opset=opset,
         verify=verify,
         force=force,
+        bank=bank,
     )
     with console.status("exporting", spinner="dots") as status:
         manifest = export_bundle(request, step=lambda s: status.update(f"[bold]{model}[/]: {s}"))
@@ -232,19 +256,16 @@ def export(
 def _print_export_summary(output: Path, manifest: dict[str, Any]) -> None:
     from rich.table import Table
 
-    reduction = manifest["reduction"]
-    table = Table(title=f"{output}  ({manifest['model']['id']}, {reduction['method']})")
-    for column in ("graph", "tokens out", "GFLOPs", "max abs err vs torch"):
-        table.add_column(column, justify="right" if column != "graph" else "left")
+    table = Table(title=f"{output}  ({manifest['model']['id']})")
+    for column in ("config", "graph", "tokens out", "GFLOPs", "max abs err vs torch"):
+        table.add_column(column, justify="left" if column in ("config", "graph") else "right")
     errors = (manifest.get("verify") or {}).get("max_abs_error", {})
-    for name, graph in manifest["graphs"].items():
-        final = (
-            reduction["tokens_per_layer"][-1]
-            if name == "model" and reduction["layers"]
-            else manifest["model"]["tokens"]
-        )
-        err = f"{errors[name]:.2e}" if name in errors else "not verified"
-        table.add_row(graph["file"], str(final), f"{graph['flops'] / 1e9:.2f}", err)
+    for name, config in manifest["configs"].items():
+        graph = config["graph"]
+        final = config["tokens_per_layer"][-1] if config["layers"] else manifest["model"]["tokens"]
+        err = f"{errors[graph]:.2e}" if graph in errors else "not verified"
+        flops = f"{config['flops'] / 1e9:.2f}"
+        table.add_row(name, manifest["graphs"][graph]["file"], str(final), flops, err)
     out.print(table)
     out.print(f"exported in {manifest['export_seconds']} s")
 
@@ -268,6 +289,14 @@ def _print_export_summary(output: Path, manifest: dict[str, Any]) -> None:
 @click.option(
     "--profile-ops", is_flag=True, help="Also profile the reduction ops' share of runtime."
 )
+@click.option(
+    "--config",
+    "configs",
+    multiple=True,
+    metavar="NAME|all",
+    help="Time these configs of the bundle (repeatable; all: every one), interleaved on one "
+    "session that holds the weights once; one row per config.",
+)
 def bench(
     bundle: Path,
     vs_full: bool,
@@ -277,6 +306,7 @@ def bench(
     warmup: int,
     json_path: Path | None,
     profile_ops: bool,
+    configs: tuple[str, ...],
 ) -> None:
     """Time a bundle on ONNX Runtime: p50/p90 latency, throughput, optionally vs the full model.
 
@@ -286,6 +316,17 @@ def bench(
 
     from trimformer.runtime import benchmark
     from trimformer.runtime.bench import render_table
+
+    if configs:
+        if vs_full or profile_ops:
+            raise UsageError(
+                "--vs-full and --profile-ops time the default config; with --config add "
+                "--config none to compare with the full model"
+            )
+        from trimformer.cli_bank import bench_configs
+
+        bench_configs(bundle, configs, batch, threads, runs, warmup, json_path)
+        return
 
     result = benchmark(
         bundle, batch=batch, threads=threads, runs=runs, warmup=warmup, vs_full=vs_full

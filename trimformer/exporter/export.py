@@ -3,6 +3,8 @@
 One ``ExportRequest`` in, one bundle directory out (written atomically by trimformer.bundle).
 The bundle holds the reduced graph and, when a method reduces, the un-reduced graph of the same
 weights, so that ``bench --vs-full`` compares like with like without storing the weights twice.
+With ``bank`` it holds one graph per named config (a config bank): the runtime switches between
+them at run time, all graphs reading the one weights.bin.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 
 from trimformer import __version__
-from trimformer.bundle import write_bundle
+from trimformer.bundle import check_config_name, default_config_name, write_bundle
 from trimformer.errors import RuntimeFailure, UsageError
 from trimformer.exporter.flops import count_flops
 from trimformer.exporter.onnx_export import export_onnx
@@ -33,7 +35,7 @@ from trimformer.methods import (
     with_method_inputs,
 )
 from trimformer.models import AdapterError, GraphIO, adapter_for
-from trimformer.models.loading import LoadedModel, ModelOptions, load_model
+from trimformer.models.loading import ModelOptions, load_model
 from trimformer.ops import MAX_OPSET, MIN_OPSET, OpValidationError
 from trimformer.profiles import ReductionConfig
 
@@ -58,28 +60,88 @@ class ExportRequest:
     verify: bool = True
     force: bool = False
     seed: int = 0
+    # (name, config) pairs: export a config bank instead of ``reduction``; the first is the default
+    bank: tuple[tuple[str, ReductionConfig], ...] = ()
 
 
 Step = Callable[[str], None]
 
 
-def _plan(request: ExportRequest, loaded: LoadedModel) -> tuple[Any, MethodPlan | None]:
+def _configs(request: ExportRequest) -> list[tuple[str, ReductionConfig]]:
+    """The named configs to export: the bank, or the one reduction (named after its params)."""
+    if not request.bank:
+        reduction = request.reduction
+        return [(default_config_name(reduction.method, reduction.params), reduction)]
+    if request.reduction.method != "none":
+        raise UsageError("give either a reduction or a bank of configs, not both")
+    names = [name for name, _ in request.bank]
+    for name, reduction in request.bank:
+        check_config_name(name)
+        if name == "none" and reduction.method != "none":
+            raise UsageError(
+                f"config name none means no reduction; rename the {reduction.method} config"
+            )
+    if len(set(names)) != len(names):
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        raise UsageError(f"config name {', '.join(repeated)} is given twice; give each config once")
+    return list(request.bank)
+
+
+def _plan(adapter: Any, reduction: ReductionConfig, model: nn.Module) -> MethodPlan | None:
     try:
-        adapter = adapter_for(loaded.model)
-        if request.reduction.method == "none":
-            if request.reduction.params:
+        if reduction.method == "none":
+            if reduction.params:
                 raise ConfigError("method none takes no params; drop them or choose a method")
-            return adapter, None
-        method = get_method(request.reduction.method)
+            return None
+        method = get_method(reduction.method)
         if adapter.methods is not None and method.name not in adapter.methods:
             raise ConfigError(
                 f"{adapter.family} models support {', '.join(adapter.methods)}, not "
                 f"{method.name}; choose a supported method"
             )
-        params = parse_params(method.name, method.params_type, request.reduction.params)
-        return adapter, method.plan(params, ModelGeometry.of(adapter, loaded.model))
+        params = parse_params(method.name, method.params_type, reduction.params)
+        return method.plan(params, ModelGeometry.of(adapter, model))
     except (ConfigError, AdapterError, OpValidationError) as exc:
         raise UsageError(str(exc)) from None
+
+
+def _variants(
+    adapter: Any, model: nn.Module, plans: list[tuple[str, MethodPlan | None]], graph_io: GraphIO
+) -> tuple[dict[str, tuple[nn.Module, GraphIO]], dict[str, str]]:
+    """Graph name -> (module to export, its inputs), and config name -> its graph name.
+
+    The first config's graph is "model" and the un-reduced one "full" (so every tool that reads
+    "model", and ``bench --vs-full``, works on a bank as on a one-config bundle); a further
+    reducing config NAME is graph "cfg-NAME". Configs that reduce nothing share one graph, and
+    config "none" (added when not given) names it. A method's own inputs (ToDRE's query, ...)
+    extend its graph's inputs.
+    """
+    variants: dict[str, tuple[nn.Module, GraphIO]] = {}
+    graph_of: dict[str, str] = {}
+    full: str | None = None
+    for i, (name, plan) in enumerate(plans):
+        if plan is None or not plan.reduces:
+            full = full or ("model" if i == 0 else "full")
+            variants.setdefault(full, (model, graph_io))
+            graph_of[name] = full
+        else:
+            graph_of[name] = "model" if i == 0 else f"cfg-{name}"
+            reduced = adapter.insert(model, plan.reducer).eval()
+            variants[graph_of[name]] = with_method_inputs(reduced, plan, graph_io)
+    if full is None:  # the un-reduced graph is cheap beside the weights: keep it
+        variants["full"] = (model, graph_io)
+    graph_of.setdefault("none", full or "full")  # "none" is always a config
+    return variants, graph_of
+
+
+def _reduction_entry(reduction: ReductionConfig, plan: MethodPlan | None) -> dict[str, Any]:
+    return {
+        "method": plan.method if plan else "none",
+        "config": reduction.source,
+        "params": plan.params if plan else {},
+        "tokens_per_layer": list(plan.tokens_per_layer) if plan else [],
+        "layers": list(plan.layers) if plan else [],
+    }
 
 
 def _max_abs_error(model: onnx.ModelProto, torch_model: nn.Module, io: GraphIO) -> float:
@@ -149,22 +211,24 @@ def export_bundle(request: ExportRequest, step: Step = lambda _: None) -> dict[s
     options = ModelOptions(
         request.checkpoint, request.pretrained, request.image_size, request.seq_len, request.batch
     )
+    configs = _configs(request)
     loaded = load_model(request.model, options)
-    adapter, plan = _plan(request, loaded)
     model = loaded.model
-    reduced = adapter.insert(model, plan.reducer).eval() if plan and plan.reduces else model
-    reduced_io = loaded.io
-    if reduced is not model:
-        reduced, reduced_io = with_method_inputs(reduced, plan, loaded.io)
-
-    variants = {"model": reduced} if reduced is model else {"model": reduced, "full": model}
+    try:
+        adapter = adapter_for(model)
+    except AdapterError as exc:
+        raise UsageError(str(exc)) from None
+    plans = [(name, _plan(adapter, reduction, model)) for name, reduction in configs]
+    variants, graph_of = _variants(adapter, model, plans, loaded.io)
+    if all(name != "none" for name, _ in configs):
+        configs.append(("none", ReductionConfig("none", source="un-reduced graph")))
+        plans.append(("none", None))
     graphs: dict[str, onnx.ModelProto] = {}
     graph_info: dict[str, dict[str, Any]] = {}
     errors: dict[str, float] = {}
     ops: dict[str, int] = {}
-    for name, module in variants.items():
-        step(f"export {'reduced' if name == 'model' and plan else 'full'} graph")
-        graph_io = reduced_io if module is reduced else loaded.io
+    for name, (module, graph_io) in variants.items():
+        step(f"export {'full' if module is model else 'reduced'} graph {name}")
         with adapter.export_patches(module):
             graph, used = export_onnx(module, graph_io, request.opset)
         ops.update(used)
@@ -185,6 +249,7 @@ def export_bundle(request: ExportRequest, step: Step = lambda _: None) -> dict[s
             "flops": count_flops(module, graph_io),
         }
     num_tokens = adapter.num_tokens(model)
+    (default, reduction), plan = configs[0], plans[0][1]
     manifest = {
         "model": {
             "id": loaded.model_id,
@@ -195,13 +260,16 @@ def export_bundle(request: ExportRequest, step: Step = lambda _: None) -> dict[s
             "tokens": num_tokens,
             "protected_tokens": adapter.protected_tokens(model),
         },
-        "reduction": {
-            "method": plan.method if plan else "none",
-            "config": request.reduction.source,
-            "params": plan.params if plan else {},
-            "tokens_per_layer": list(plan.tokens_per_layer) if plan else [],
-            "layers": list(plan.layers) if plan else [],
+        "reduction": _reduction_entry(reduction, plan),
+        "configs": {  # config name -> its reduction, graph and FLOPs; "none" is the full graph
+            name: {
+                **_reduction_entry(cfg, p),
+                "graph": graph_of[name],
+                "flops": graph_info[graph_of[name]]["flops"],
+            }
+            for (name, cfg), (_, p) in zip(configs, plans, strict=True)
         },
+        "default_config": default,
         "graphs": graph_info,
         "opset": request.opset,
         "ops": ops,

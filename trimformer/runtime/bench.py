@@ -4,6 +4,9 @@ With ``vs_full`` the two graphs are timed interleaved (reduced, full, then full,
 so drift in clock speed, temperature or background load falls on both alike and the speed-up
 is a fair ratio. Timings cover ``Session`` runs only; inputs are checked once, before timing.
 
+``benchmark_configs`` times several configs of one bundle (a config bank) the same way, one
+``Session`` switching between them, interleaved, with the memory of the whole bank.
+
 Beside the timings it reports what ``telemetry`` can read here: the process's peak RSS, GPU
 memory (NVML) and energy per inference (RAPL, NVML, tegrastats), the Jetson power mode and clock
 locks, and one note for each figure that applies but cannot be read.
@@ -12,9 +15,10 @@ locks, and one note for each figure that applies but cannot be read.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,16 @@ from trimformer.errors import UsageError
 from trimformer.runtime.session import Provider, Session, TensorSpec, load
 from trimformer.runtime.telemetry import RssMeter, Telemetry, Unavailable
 
-__all__ = ["BenchResult", "benchmark", "random_inputs", "render_table"]
+__all__ = [
+    "BankBenchResult",
+    "BenchResult",
+    "ConfigTiming",
+    "benchmark",
+    "benchmark_configs",
+    "random_inputs",
+    "render_bank_table",
+    "render_table",
+]
 
 _SEED = 0
 _FULL_KEYS = frozenset(
@@ -143,28 +156,25 @@ def _progress(enabled: bool) -> Progress:
     )
 
 
-def _warm_up(
-    sessions: Sequence[Session], feeds: Sequence[dict[str, np.ndarray]], warmup: int
-) -> None:
+Runner = Callable[[], object]
+"""One timed call: a session's run of a checked feed."""
+
+
+def _warm_up(runners: Sequence[Runner], warmup: int) -> None:
     for _ in range(warmup):
-        for session, feed in zip(sessions, feeds, strict=True):
-            session._run_impl(feed)
+        for runner in runners:
+            runner()
 
 
-def _time_runs(
-    sessions: Sequence[Session],
-    feeds: Sequence[dict[str, np.ndarray]],
-    runs: int,
-    bar: Progress,
-) -> list[list[float]]:
-    """Seconds per run of each session; iteration i starts with session i mod n."""
-    times: list[list[float]] = [[] for _ in sessions]
-    order = list(range(len(sessions)))
+def _time_runs(runners: Sequence[Runner], runs: int, bar: Progress) -> list[list[float]]:
+    """Seconds per run of each runner; iteration i starts with runner i mod n."""
+    times: list[list[float]] = [[] for _ in runners]
+    order = list(range(len(runners)))
     task = bar.add_task("benchmark", total=runs)
     for i in range(runs):
         for k in order[i % len(order) :] + order[: i % len(order)]:
             start = time.perf_counter()
-            sessions[k]._run_impl(feeds[k])
+            runners[k]()
             times[k].append(time.perf_counter() - start)
         bar.advance(task)
     return times
@@ -230,9 +240,7 @@ def benchmark(
     the numbers are what this machine measured. Energy is measured over the timed runs, or with
     ``vs_full`` over each graph's own extra runs after them (see ``_energy_blocks``).
     """
-    for name, value, least in (("batch", batch, 1), ("runs", runs, 1), ("warmup", warmup, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise UsageError(f"{name} must be an integer >= {least}, got {value!r}")
+    _check_counts(batch, runs, warmup)
     notes: list[str] = []
     memory: RssMeter | None = None
     try:
@@ -243,21 +251,24 @@ def benchmark(
         memory.start()
     # Without spinning, one session's idle threads cannot slow the other one timed next.
     spinning = not vs_full
-    sessions = [load(bundle, "model", providers=providers, threads=threads, spinning=spinning)]
+    # Each graph on its own session with ONNX Runtime's prepacked weights: its fastest form.
+    opts: dict[str, Any] = dict(
+        providers=providers, threads=threads, spinning=spinning, share_weights=False
+    )
+    sessions = [load(bundle, "model", **opts)]
     telemetry: Telemetry | None = None
     try:
         if vs_full:
-            sessions.append(
-                load(bundle, "full", providers=providers, threads=threads, spinning=spinning)
-            )
+            sessions.append(load(bundle, "full", **opts))
         flops = [_graph_flops(s, batch) for s in sessions]
         feeds = [s.check_inputs(random_inputs(s.inputs, batch)) for s in sessions]
         telemetry = Telemetry(_gpu_device(sessions[0]))
+        runners = [partial(s._run_impl, f) for s, f in zip(sessions, feeds, strict=True)]
         with _progress(progress) as bar:
-            _warm_up(sessions, feeds, warmup)
+            _warm_up(runners, warmup)
             window = nullcontext() if vs_full else telemetry.energy_window()
             with window as timed:
-                times = _time_runs(sessions, feeds, runs, bar)
+                times = _time_runs(runners, runs, bar)
             rss = memory.stop() if memory is not None else None
             gpu = telemetry.gpu_memory_mb()
             if vs_full and telemetry.meters:
@@ -312,6 +323,135 @@ def benchmark(
     )
 
 
+def _check_counts(batch: int, runs: int, warmup: int) -> None:
+    for name, value, least in (("batch", batch, 1), ("runs", runs, 1), ("warmup", warmup, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise UsageError(f"{name} must be an integer >= {least}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ConfigTiming:
+    """One config of a bank: latency (ms) and throughput (items/s at p50) of one batch, FLOPs."""
+
+    config: str
+    latency_ms_p50: float
+    latency_ms_p90: float
+    latency_ms_mean: float
+    throughput: float
+    flops: int
+
+
+@dataclass(frozen=True)
+class BankBenchResult:
+    """The configs of one bundle timed interleaved on one ``Session`` (see ``benchmark``).
+
+    Memory (MB) is the process's from loading the bank to the end of the timed runs: every
+    timed config open at once, weights held once when ``share_weights``.
+    """
+
+    configs: tuple[ConfigTiming, ...]
+    batch: int
+    runs: int
+    threads: int | None
+    providers: tuple[str, ...]
+    share_weights: bool
+    peak_rss_mb: float | None = None
+    rss_before_mb: float | None = None
+    rss_after_mb: float | None = None
+    peak_rss_scope: str | None = None
+    telemetry_notes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["providers"] = list(self.providers)
+        data["telemetry_notes"] = list(self.telemetry_notes)
+        return data
+
+
+def benchmark_configs(
+    bundle: str | Path,
+    configs: Sequence[str] | None = None,
+    batch: int = 1,
+    threads: int | None = None,
+    runs: int = 50,
+    warmup: int = 5,
+    progress: bool = True,
+    providers: Sequence[Provider] | None = None,
+    share_weights: bool = True,
+) -> BankBenchResult:
+    """Time ``configs`` of a bundle (None: all of them), interleaved, on one ``Session``."""
+    _check_counts(batch, runs, warmup)
+    notes: list[str] = []
+    memory: RssMeter | None = None
+    try:
+        memory = RssMeter()
+    except Unavailable as exc:
+        notes.append(str(exc))
+    else:
+        memory.start()
+    session = load(
+        bundle, providers=providers, threads=threads, spinning=False, share_weights=share_weights
+    )
+    try:
+        names = list(session.configs) if configs is None else list(dict.fromkeys(configs))
+        for name in names:  # opens each; an unknown name is refused here, before any timing
+            session.use(name)
+        feed = session.check_inputs(random_inputs(session.inputs, batch))
+        runners = [partial(session._run_impl, feed, name) for name in names]
+        with _progress(progress) as bar:
+            _warm_up(runners, warmup)
+            times = _time_runs(runners, runs, bar)
+        rss = memory.stop() if memory is not None else None
+        if memory is not None and memory.note is not None:
+            notes.append(memory.note)
+        flops = [session.configs[name].get("flops") for name in names]
+    finally:
+        session.close()
+    timings = []
+    for name, seconds, graph_flops in zip(names, times, flops, strict=True):
+        if not isinstance(graph_flops, int):
+            raise UsageError(
+                f"the manifest gives no FLOPs for config {name!r}; re-export the bundle"
+            )
+        p50, p90, mean = _percentiles(seconds)
+        timings.append(ConfigTiming(name, p50, p90, mean, batch / (p50 / 1e3), graph_flops * batch))
+    return BankBenchResult(
+        configs=tuple(timings),
+        batch=batch,
+        runs=runs,
+        threads=threads,
+        providers=session.providers,
+        share_weights=share_weights,
+        peak_rss_mb=rss.peak_rss_mb if rss else None,
+        rss_before_mb=rss.rss_before_mb if rss else None,
+        rss_after_mb=rss.rss_after_mb if rss else None,
+        peak_rss_scope=rss.peak_scope if rss else None,
+        telemetry_notes=tuple(notes),
+    )
+
+
+def render_bank_table(result: BankBenchResult) -> Table:
+    """A rich table with one row per config; speed-up is against ``none`` when it was timed."""
+    table = Table(
+        title=f"configs, batch {result.batch}, {result.runs} runs, {', '.join(result.providers)}"
+    )
+    full = next((t for t in result.configs if t.config == "none"), None)
+    columns = ["config", "p50 ms", "p90 ms", "throughput/s", "GFLOPs"]
+    columns += ["speed-up vs none"] if full else []
+    for column in columns:
+        table.add_column(column, justify="left" if column == "config" else "right")
+    for t in result.configs:
+        cells = _row(t.config, t.latency_ms_p50, t.latency_ms_p90, t.throughput, t.flops)
+        speedup = [f"{full.latency_ms_p50 / t.latency_ms_p50:.2f}x"] if full else []
+        table.add_row(*cells, *speedup)
+    weights = "held once for all configs" if result.share_weights else "one copy per config"
+    caption = [f"weights {weights}"]
+    if result.peak_rss_mb is not None:
+        caption.append(_rss_line(result.peak_rss_mb, result.rss_before_mb, result.peak_rss_scope))
+    table.caption = "\n".join(caption)
+    return table
+
+
 def render_table(result: BenchResult) -> Table:
     """A rich table of the result: one row per graph (energy per source as columns when read);
     speed-up, FLOPs ratio, memory and Jetson state in the caption."""
@@ -360,15 +500,19 @@ def _energy_cells(energy: dict[str, float], sources: Sequence[str]) -> list[str]
     return [f"{energy[s]:.2f}" if s in energy else "-" for s in sources]
 
 
+def _rss_line(peak: float, before: float | None, scope: str | None) -> str:
+    line = f"peak RSS {peak:.1f} MB"
+    if before is not None:
+        line += f" ({before:.1f} before loading)"
+    if scope == "process":
+        line += ", process lifetime"
+    return line
+
+
 def _telemetry_caption(result: BenchResult) -> list[str]:
     lines = []
     if result.peak_rss_mb is not None:
-        line = f"peak RSS {result.peak_rss_mb:.1f} MB"
-        if result.rss_before_mb is not None:
-            line += f" ({result.rss_before_mb:.1f} before loading)"
-        if result.peak_rss_scope == "process":
-            line += ", process lifetime"
-        lines.append(line)
+        lines.append(_rss_line(result.peak_rss_mb, result.rss_before_mb, result.peak_rss_scope))
     if result.gpu_memory_mb is not None:
         lines.append(f"GPU memory {result.gpu_memory_mb:.1f} MB ({result.gpu_memory_scope})")
     lines += [f"{source}: {covers}" for source, covers in result.energy_covers.items()]

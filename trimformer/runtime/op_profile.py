@@ -47,7 +47,9 @@ def profile_ops(
 ) -> OpProfile:
     """Profile ``runs`` runs of the bundle's reduced graph on random inputs (after warm-up)."""
     with tempfile.TemporaryDirectory() as tmp:
-        session = Session(bundle, threads=threads, profile_prefix=str(Path(tmp) / "ort"))
+        prefix = str(Path(tmp) / "ort")
+        # as ``benchmark`` times it: its own prepacked weights
+        session = Session(bundle, threads=threads, profile_prefix=prefix, share_weights=False)
         feed = random_inputs(session.inputs, batch)
         for _ in range(warmup + runs):
             session.run(feed)

@@ -1,25 +1,32 @@
-"""Run one graph of a bundle with ONNX Runtime, checking inputs against the manifest first.
+"""Run a bundle's configs with ONNX Runtime, checking inputs against the manifest first.
 
 The manifest is the contract between export and runtime: it names each graph's inputs with
 their shapes (strings are dynamic dims) and dtypes. ``Session.run`` checks a call against it and
 refuses a bad input with a message that names the problem and the fix, instead of letting ONNX
 Runtime fail deep inside the graph with a message about an internal node.
+
+A bundle is a bank of reduction configs over one set of weights (at least its reduction and
+``none``, the full graph). A ``Session`` runs one config by default, switches with ``use`` and
+runs any config per call; it reads each weight once and gives the same buffer to every config's
+ONNX Runtime session (``SessionOptions.add_initializer``), so a bank costs one model's memory.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from trimformer.bundle import read_manifest
+from trimformer.bundle import bank_configs, read_manifest
 from trimformer.errors import RuntimeFailure, UsageError
+from trimformer.runtime.shared_weights import SharedWeights
 
 __all__ = ["Provider", "Session", "TensorSpec", "load"]
 
@@ -107,13 +114,41 @@ def _graph_entry(bundle: Path, manifest: Mapping[str, Any], graph: str) -> Mappi
     raise UsageError(f"{bundle} has no graph {graph!r}; choose from {', '.join(graphs)}")
 
 
-class Session:
-    """One graph of a bundle, loaded in ONNX Runtime.
+@dataclass(frozen=True)
+class _Graph:
+    """One graph file of the bundle with the inputs and outputs its manifest entry declares."""
 
-    ``run`` may be called from several threads at once: it keeps no per-call state on the
-    session, and ONNX Runtime's ``InferenceSession.run`` is thread-safe. NaN and inf inputs are
-    not checked for; they propagate through the graph as they would in the original model.
-    Use as a context manager, or call ``close``, to release the ONNX Runtime session.
+    name: str
+    file: Path
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True)
+class _Opened:
+    """An ONNX Runtime session and the shared weight values it reads (kept alive with it)."""
+
+    session: ort.InferenceSession
+    weights: tuple[ort.OrtValue, ...]
+
+
+class Session:
+    """A bundle's configs in ONNX Runtime: runs one config by default, switches with ``use``.
+
+    ``graph`` ("model": the bundle's default reduction, "full": un-reduced) or ``config`` (a
+    name from ``configs``) picks the config run by default. Other configs open on first use, or
+    all at once with ``preload`` (then ``use`` only swaps a reference). With ``share_weights``
+    every config's session reads the same weight buffers, held once; ONNX Runtime's weight
+    prepacking is then off, as it would copy every weight per session (on CPU, DeiT-S ran
+    1.1-1.4x slower without it: benchmarks/config_bank.py). ``share_weights=False`` gives
+    each session its own prepacked weights: fastest, but N copies for N configs. The default
+    (None) shares for a bank of more than two graphs, where memory is the point, and not for a
+    plain bundle (reduced + full), which usually runs one graph and should run it fastest.
+
+    ``run`` may be called from several threads at once, also while another thread calls
+    ``use``: a call takes its config's session under a lock and finishes on it. NaN and inf
+    inputs are not checked for; they propagate through the graph as in the original model.
+    Use as a context manager, or call ``close``, to release the ONNX Runtime sessions.
     """
 
     def __init__(
@@ -124,39 +159,155 @@ class Session:
         threads: int | None = None,
         profile_prefix: str | None = None,
         spinning: bool = True,
+        config: str | None = None,
+        preload: bool = False,
+        share_weights: bool | None = None,
     ) -> None:
         bundle = Path(bundle)
         self.manifest: dict[str, Any] = read_manifest(bundle)
-        self.graph = graph
-        entry = _graph_entry(bundle, self.manifest, graph)
+        self._bundle = bundle
+        configs, default = bank_configs(self.manifest)
+        self._configs = configs
+        self._graphs: dict[str, _Graph] = {}
+        for entry in configs.values():
+            name = entry.get("graph") if isinstance(entry, Mapping) else None
+            if not isinstance(name, str):
+                raise UsageError(
+                    f"{bundle}: manifest entry configs is malformed (a config names no graph); "
+                    "re-export the bundle"
+                )
+            if name not in self._graphs:
+                self._graphs[name] = self._parse_graph(name)
+        if graph not in self._graphs:
+            _graph_entry(bundle, self.manifest, graph)  # raises the error that fits
+        self._check_same_io()
+        first = next(iter(self._graphs.values()))
+        self.inputs: tuple[TensorSpec, ...] = first.inputs
+        self.outputs: tuple[TensorSpec, ...] = first.outputs
+        if config is not None:
+            start = self._config_name(config)
+        else:
+            start = default if self._configs[default]["graph"] == graph else self._config_of(graph)
+        self._providers = _resolve_providers(providers)
+        self._options = (threads, profile_prefix, spinning)
+        if threads is not None and (
+            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+        ):
+            raise UsageError(f"threads must be a positive integer, got {threads!r}")
+        if share_weights is None:
+            share_weights = len(self._graphs) > 2
+        self._weights = SharedWeights.of(bundle, self.manifest) if share_weights else None
+        self._lock = threading.Lock()  # guards _current, _opened and _closed
+        self._open_lock = threading.Lock()  # one session is created at a time
+        self._opened: dict[str, _Opened] = {}
+        self._closed = False
+        self._current = start
+        opened = self._session(self._configs[start]["graph"])
+        self.providers: tuple[str, ...] = tuple(opened.session.get_providers())
+        # provider -> its options as ONNX Runtime applied them (e.g. CUDA's "device_id")
+        self.provider_options: dict[str, dict[str, str]] = opened.session.get_provider_options()
+        if preload:
+            for name in self._graphs:
+                self._session(name)
+
+    def _parse_graph(self, name: str) -> _Graph:
+        entry = _graph_entry(self._bundle, self.manifest, name)
         try:
-            self._file = bundle / entry["file"]
-            self.inputs = tuple(TensorSpec.from_manifest(e) for e in entry["inputs"])
-            self.outputs = tuple(TensorSpec.from_manifest(e) for e in entry["outputs"])
+            graph = _Graph(
+                name,
+                self._bundle / entry["file"],
+                tuple(TensorSpec.from_manifest(e) for e in entry["inputs"]),
+                tuple(TensorSpec.from_manifest(e) for e in entry["outputs"]),
+            )
         except (KeyError, TypeError) as exc:
             raise UsageError(
-                f"{bundle}: manifest entry of graph {graph!r} is malformed ({exc}); "
+                f"{self._bundle}: manifest entry of graph {name!r} is malformed ({exc}); "
                 "re-export the bundle"
             ) from None
         if entry["file"] not in self.manifest["files"]:
             raise UsageError(
-                f"{bundle}: graph file {entry['file']!r} is not listed with a sha256 in the "
+                f"{self._bundle}: graph file {entry['file']!r} is not listed with a sha256 in the "
                 "manifest; re-export the bundle"
             )
-        session = self._open(_resolve_providers(providers), threads, profile_prefix, spinning)
-        self._check_against_graph(session)
-        self.providers: tuple[str, ...] = tuple(session.get_providers())
-        # provider -> its options as ONNX Runtime applied them (e.g. CUDA's "device_id")
-        self.provider_options: dict[str, dict[str, str]] = session.get_provider_options()
-        self._ort: ort.InferenceSession | None = session
+        return graph
 
-    def _open(
-        self,
-        providers: list[Provider],
-        threads: int | None,
-        profile_prefix: str | None,
-        spinning: bool,
-    ) -> ort.InferenceSession:
+    def _check_same_io(self) -> None:
+        """Every config is the same model: one set of inputs and outputs serves them all."""
+        graphs = list(self._graphs.values())
+        for other in graphs[1:]:
+            if (other.inputs, other.outputs) != (graphs[0].inputs, graphs[0].outputs):
+                raise UsageError(
+                    f"{self._bundle}: graphs {graphs[0].name!r} and {other.name!r} declare "
+                    "different inputs or outputs; re-export the bundle"
+                )
+
+    def _config_of(self, graph: str) -> str:
+        for name, entry in self._configs.items():
+            if entry["graph"] == graph:
+                return name
+        raise UsageError(
+            f"{self._bundle}: no config runs graph {graph!r}; choose a config from "
+            f"{', '.join(self._configs)}"
+        )
+
+    def _config_name(self, name: str) -> str:
+        if not isinstance(name, str) or name not in self._configs:
+            raise UsageError(
+                f"{self._bundle} has no config {name!r}; choose from {', '.join(self._configs)}"
+            )
+        return name
+
+    @property
+    def configs(self) -> Mapping[str, Mapping[str, Any]]:
+        """Config name -> its manifest entry (method, params, tokens_per_layer, graph, flops)."""
+        return MappingProxyType({k: MappingProxyType(v) for k, v in self._configs.items()})
+
+    @property
+    def config(self) -> str:
+        """The config ``run`` uses when not given one."""
+        return self._current
+
+    @property
+    def graph(self) -> str:
+        """The graph of the current config ("model", "full" or "cfg-NAME")."""
+        return self._configs[self._current]["graph"]
+
+    @property
+    def _file(self) -> Path:
+        return self._graphs[self.graph].file
+
+    def use(self, name: str) -> None:
+        """Make ``name`` the config later ``run`` calls use; calls in flight finish on theirs.
+
+        Opens the config's session first if it is not open yet (see ``preload``).
+        """
+        name = self._config_name(name)
+        self._session(self._configs[name]["graph"])
+        with self._lock:
+            self._current = name
+
+    def _session(self, graph: str) -> _Opened:
+        """The open session of ``graph``, created now if it is not open yet."""
+        with self._lock:
+            self._check_open()
+            if graph in self._opened:
+                return self._opened[graph]
+        with self._open_lock:  # runs of open configs go on meanwhile
+            with self._lock:
+                if graph in self._opened:
+                    return self._opened[graph]
+            opened = self._open(self._graphs[graph])
+            with self._lock:
+                self._check_open()
+                self._opened[graph] = opened
+            return opened
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError(f"{self!r} is closed; load the bundle again")
+
+    def _open(self, graph: _Graph) -> _Opened:
+        threads, profile_prefix, spinning = self._options
         options = ort.SessionOptions()
         if not spinning:  # idle threads would steal the cores of another session timed next
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -164,34 +315,26 @@ class Session:
             options.enable_profiling = True
             options.profile_file_prefix = profile_prefix
         if threads is not None:
-            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-                raise UsageError(f"threads must be a positive integer, got {threads!r}")
             options.intra_op_num_threads = threads
+        weights = self._weights  # close() may drop it meanwhile
+        shared = weights.initializers(graph.name) if weights is not None else {}
+        if shared:  # prepacking would give each session its own packed copy of every weight
+            options.add_session_config_entry("session.disable_prepacking", "1")
+        for name, value in shared.items():
+            options.add_initializer(name, value)
         try:
-            return ort.InferenceSession(str(self._file), options, providers=providers)
+            session = ort.InferenceSession(str(graph.file), options, providers=self._providers)
         except _ORT_ERRORS as exc:
             raise UsageError(
-                f"{self._file} cannot be loaded by onnxruntime: {_first_line(exc)}; "
+                f"{graph.file} cannot be loaded by onnxruntime: {_first_line(exc)}; "
                 "re-export the bundle"
             ) from None
-
-    def _check_against_graph(self, session: ort.InferenceSession) -> None:
-        """The manifest must name the graph's real inputs and outputs, in order."""
-        for kind, declared, actual in (
-            ("inputs", self.inputs, session.get_inputs()),
-            ("outputs", self.outputs, session.get_outputs()),
-        ):
-            names = [s.name for s in declared]
-            real = [a.name for a in actual]
-            if names != real:
-                raise UsageError(
-                    f"{self._file}: manifest declares {kind} {names} but the graph has {real}; "
-                    "re-export the bundle"
-                )
+        _check_against_graph(graph, session)
+        return _Opened(session, tuple(shared.values()))
 
     def __repr__(self) -> str:
-        state = "closed" if self._ort is None else ", ".join(self.providers)
-        return f"Session({str(self._file)!r}, graph={self.graph!r}, {state})"
+        state = "closed" if self._closed else ", ".join(self.providers)
+        return f"Session({str(self._bundle)!r}, config={self._current!r}, {state})"
 
     def __enter__(self) -> Session:
         return self
@@ -205,22 +348,30 @@ class Session:
         self.close()
 
     def end_profiling(self) -> Path:
-        """Stop ONNX Runtime's profiler (session opened with profile_prefix); return its JSON."""
-        if self._ort is None:
-            raise UsageError("this Session is closed")
-        return Path(self._ort.end_profiling())
+        """Stop ONNX Runtime's profiler (session opened with profile_prefix) of the current
+        config; return its JSON."""
+        return Path(self._session(self.graph).session.end_profiling())
 
     def close(self) -> None:
-        """Release the ONNX Runtime session; later calls to ``run`` are errors."""
-        self._ort = None
+        """Release the ONNX Runtime sessions; later calls to ``run`` are errors.
 
-    def run(self, inputs: Mapping[str, Any] | np.ndarray) -> dict[str, np.ndarray]:
-        """Check ``inputs`` (name -> array, or one array for a one-input graph) and run the graph.
+        Calls in flight finish first: each holds its session and weights until it returns.
+        """
+        with self._lock:
+            self._closed = True
+            self._opened.clear()
+        self._weights = None
+
+    def run(
+        self, inputs: Mapping[str, Any] | np.ndarray, config: str | None = None
+    ) -> dict[str, np.ndarray]:
+        """Check ``inputs`` (name -> array, or one array for a one-input graph) and run the
+        graph of ``config`` (default: the current one, see ``use``).
 
         Arrays are never cast: a dtype other than the declared one is refused with a hint.
         Returns output name -> array.
         """
-        return self._run_impl(self.check_inputs(inputs))
+        return self._run_impl(self.check_inputs(inputs), config)
 
     def check_inputs(self, inputs: Mapping[str, Any] | np.ndarray) -> dict[str, np.ndarray]:
         """Validate inputs against the manifest and return the feed ONNX Runtime will get."""
@@ -257,18 +408,38 @@ class Session:
                 f"{self._expected()}"
             )
 
-    def _run_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run_impl(
+        self, feed: Mapping[str, np.ndarray], config: str | None = None
+    ) -> dict[str, np.ndarray]:
         """Run an already-checked feed (the benchmark times this, without the checks)."""
-        session = self._ort
-        if session is None:
-            raise UsageError(f"{self!r} is closed; load the bundle again")
+        if config is not None:
+            self._config_name(config)
+        with self._lock:
+            name = self._current if config is None else config
+        graph = self._graphs[self._configs[name]["graph"]]
+        opened = self._session(graph.name)
         try:
-            results = session.run(None, feed)
+            results = opened.session.run(None, feed)
         except _ORT_ERRORS as exc:
             raise RuntimeFailure(
-                f"onnxruntime failed running {self._file}: {_first_line(exc)}"
+                f"onnxruntime failed running {graph.file}: {_first_line(exc)}"
             ) from None
         return {spec.name: value for spec, value in zip(self.outputs, results, strict=True)}
+
+
+def _check_against_graph(graph: _Graph, session: ort.InferenceSession) -> None:
+    """The manifest must name the graph's real inputs and outputs, in order."""
+    for kind, declared, actual in (
+        ("inputs", graph.inputs, session.get_inputs()),
+        ("outputs", graph.outputs, session.get_outputs()),
+    ):
+        names = [s.name for s in declared]
+        real = [a.name for a in actual]
+        if names != real:
+            raise UsageError(
+                f"{graph.file}: manifest declares {kind} {names} but the graph has {real}; "
+                "re-export the bundle"
+            )
 
 
 def _check_array(spec: TensorSpec, array: np.ndarray, dims: dict[str, tuple[str, int]]) -> None:
@@ -309,11 +480,27 @@ def load(
     providers: Sequence[Provider] | None = None,
     threads: int | None = None,
     spinning: bool = True,
+    config: str | None = None,
+    preload: bool = False,
+    share_weights: bool | None = None,
 ) -> Session:
-    """Load ``graph`` ("model": reduced, "full": un-reduced) of a bundle after checking its hashes.
+    """Load a bundle after checking its hashes, to run ``graph`` ("model": reduced, "full":
+    un-reduced) or the named ``config`` by default.
 
     ``providers`` defaults to CUDA (when this onnxruntime has it) then CPU; ``threads`` sets
     ONNX Runtime's intra-op thread count (None: its default); ``spinning=False`` stops idle
     threads from busy-waiting, for fair timing of several sessions in one process.
+    ``preload`` opens every config now, so that ``Session.use`` is a reference swap;
+    ``share_weights`` holds the weights once for all configs (default: for banks of more than
+    two graphs; see ``Session``).
     """
-    return Session(bundle, graph=graph, providers=providers, threads=threads, spinning=spinning)
+    return Session(
+        bundle,
+        graph=graph,
+        providers=providers,
+        threads=threads,
+        spinning=spinning,
+        config=config,
+        preload=preload,
+        share_weights=share_weights,
+    )
