@@ -359,3 +359,44 @@ def test_concurrent_first_uses_open_a_config_once():
     for thread in threads:
         thread.join(5)
     assert opened == ["fast"] and len({id(r) for r in got}) == 1
+
+
+class _StopBeforeCuda(Exception):
+    """Raised by the refit stand-in: what follows needs a CUDA device."""
+
+
+def test_loading_a_stripped_engine_refits_it_from_its_graph_after_the_passes(
+    tmp_path: Path, monkeypatch
+):
+    import onnx
+
+    from trimformer.graph_passes.base import PLUGIN_DOMAIN
+
+    bundle = make_bank_bundle(tmp_path / "b")
+    _write(bundle, "fast", TRT10)
+    library = tmp_path / "libtrimformer_plugins.so"
+    library.write_bytes(b"\x7fELF")
+    monkeypatch.setenv(trt_env.PLUGIN_LIBRARY_ENV, str(library))
+    log: list = []
+    runtime = Recorder(log, "runtime", {"deserialize_cuda_engine": lambda plan: "ENGINE"})
+    runtime._returns["get_plugin_registry"] = lambda: Recorder(log, "registry")
+    trt = SimpleNamespace(
+        __version__="10.3.0.26",
+        Logger=type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None}),
+        Runtime=lambda logger: runtime,
+    )
+    monkeypatch.setattr(trt_session, "import_tensorrt", lambda: trt)
+    monkeypatch.setattr(trt_session, "gpu_identity", lambda device=0: GPU)
+
+    def refit(module: Any, engine: Any, logger: Any, path: Path) -> None:
+        log.append(("refit", engine, onnx.load(path)))
+        raise _StopBeforeCuda
+
+    monkeypatch.setattr(trt_session, "refit_engine", refit)
+    with pytest.raises(_StopBeforeCuda):
+        trt_session.TrtSession(bundle, "desktop-rtx")
+    assert ("registry.load_library()", (str(library),)) in log
+    assert ("runtime.deserialize_cuda_engine()", (b"PLAN",)) in log
+    _, engine, model = next(entry for entry in log if entry[0] == "refit")
+    assert engine == "ENGINE"  # the refit source is the graph as built: passes applied
+    assert [n.domain for n in model.graph.node if n.op_type == "BipartiteMerge"] == [PLUGIN_DOMAIN]
