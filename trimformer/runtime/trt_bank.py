@@ -11,19 +11,24 @@ network, so a bank of N configs is N engines. What they can share is where the w
   ``REFIT_IDENTICAL`` does not): the plans are small and weights.bin is the only copy on disk.
   The refit source is the config's bundle graph after the same graph passes the build ran
   (they are recorded, and deterministic), so the weights are identical by construction.
-- Device. Each deserialised engine still holds its own copy once refitted. TensorRT documents
-  ``IRefitter.set_named_weights(name, weights, TensorLocation.DEVICE)`` as taking weights from
-  device memory, but also that the weights may be modified once ``refit_cuda_engine`` returns,
-  i.e. the engine copies them: refit moves weights in, it does not alias one buffer set across
-  engines. Weight streaming (``BuilderFlag.WEIGHT_STREAMING``) keeps weights in host memory,
-  but per engine (deserialisation allocates a host buffer for all of an engine's weights). So
-  on the device a bank costs one weight copy per *loaded* engine: the Session loads engines
-  lazily (only configs used), or all at once with ``preload``.
+- Device. Each deserialised engine holds its own copy once refitted. TensorRT documents
+  ``IRefitter.set_named_weights(name, weights, TensorLocation.DEVICE)`` as taking new weights
+  from device memory, and that modifying them before ``refit_cuda_engine`` completes is
+  undefined: so refit reads the buffers while it runs and the engine keeps what it read; it
+  documents no way for several engines to alias one weight buffer set (our reading of the
+  docs, not measured). Weight streaming (``BuilderFlag.WEIGHT_STREAMING``) keeps weights in
+  host memory, but per engine ("deserialization allocates a host buffer to store all the
+  weights"). So on the device a bank costs one weight copy per *loaded* engine: the Session
+  loads engines lazily (only configs used), or all at once with ``preload``.
 
-Not verified here (no libnvinfer, no GPU): that refit from the re-run passes is accepted by
-every TensorRT 10/11 release, and the device memory of N loaded engines. Plugins carry no
-weights, so refit does not touch them. On DLA the engine is built with its weights embedded
-(refit of DLA layers is not something this module relies on).
+Verified from TensorRT's documentation: the flags (``STRIP_PLAN``, ``REFIT_IDENTICAL``, both in
+the 10.x Python API), ``Refitter``, ``OnnxParserRefitter.refit_from_file``,
+``get_missing_weights``, ``refit_cuda_engine``, and the weight-streaming and device-location
+statements above. Not verified (no libnvinfer, no GPU here): that TensorRT 10/11 accept the refit
+of these engines from the re-run passes, the engines' numbers, the device memory of N loaded
+engines, and that a stripped engine's plan is small for these models. The trimformer plugins
+carry no weights, so refit does not touch them. On DLA the engine keeps its weights embedded: a
+cautious choice, as whether DLA layers refit was not checked.
 
 Two halves, as in ``trt_build``: ``plan_bank`` and ``weight_flags`` decide everything as plain
 values (tested without TensorRT); ``refit_engine`` makes the documented calls. ``ConfigSwitch``
