@@ -115,3 +115,30 @@ def test_built_engine_matches_onnx_runtime(tmp_path: Path):
                 got = session.run(feed)
                 for name, want in expected.items():
                     np.testing.assert_allclose(got[name], want, atol=1e-4)
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+@pytest.mark.skipif(not _usable_tensorrt(), reason="needs TensorRT and a CUDA GPU")
+def test_bank_engines_refit_and_match_onnx_runtime_per_config(tmp_path: Path):
+    from trt_helpers import make_bank_bundle
+
+    from trimformer.profiles.device_profiles import load_device_profile
+    from trimformer.runtime import load
+    from trimformer.runtime.trt_build import build_engines
+
+    bundle = make_bank_bundle(tmp_path / "b")
+    build_engines(bundle, load_device_profile("desktop-rtx"), ["all"], "fp32")
+    rng = np.random.default_rng(0)
+    feed = {
+        "x": rng.standard_normal((2, 17, 8)).astype(np.float32),
+        "size": np.ones((2, 17, 1), np.float32),
+    }
+    with load(bundle) as ort_session, trt_session.load_engine(bundle, "desktop-rtx") as session:
+        assert list(session.configs) == list(ort_session.configs)
+        for name in session.configs:
+            expected = ort_session.run(feed, config=name)
+            session.use(name)
+            for got in (session.run(feed), session.run(feed, config=name)):
+                for key, want in expected.items():
+                    np.testing.assert_allclose(got[key], want, atol=1e-4)

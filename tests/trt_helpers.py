@@ -12,7 +12,7 @@ from trimformer.bundle import write_bundle
 from trimformer.ops import DOMAIN, get_op
 from trimformer.profiles.device_profiles import DeviceProfile, load_device_profile
 
-__all__ = ["CHANNELS", "TOKENS", "make_bundle", "profile"]
+__all__ = ["BANK", "CHANNELS", "TOKENS", "make_bank_bundle", "make_bundle", "profile"]
 
 TOKENS, CHANNELS = 17, 8
 
@@ -22,7 +22,16 @@ def profile(name: str = "jetson-agx-orin", **changes: Any) -> DeviceProfile:
     return replace(load_device_profile(name), **changes)
 
 
-def make_bundle(dest: Path) -> Path:
+BANK = {"tome-r4": "model", "fast": "cfg-fast", "none": "full"}
+"""The configs of ``make_bank_bundle`` (name -> graph), default first."""
+
+
+def make_bank_bundle(dest: Path) -> Path:
+    """A config bank of three configs whose graphs are all the BipartiteMerge model."""
+    return make_bundle(dest, bank=True)
+
+
+def make_bundle(dest: Path, bank: bool = False) -> Path:
     """A bundle whose model is one BipartiteMerge call: x [B,17,8], size [B,17,1]."""
     spec = get_op("BipartiteMerge")
     node = helper.make_node(
@@ -51,14 +60,14 @@ def make_bundle(dest: Path) -> Path:
     def entry(name: str, tokens: int, channels: int) -> dict[str, Any]:
         return {"name": name, "shape": ["batch", tokens, channels], "dtype": "float32"}
 
-    manifest = {
-        "graphs": {
-            "model": {
-                "file": "model.onnx",
-                "inputs": [entry("x", TOKENS, CHANNELS), entry("size", TOKENS, 1)],
-                "outputs": [entry("x_out", out_tokens, CHANNELS), entry("size_out", out_tokens, 1)],
-            }
-        }
+    io = {
+        "inputs": [entry("x", TOKENS, CHANNELS), entry("size", TOKENS, 1)],
+        "outputs": [entry("x_out", out_tokens, CHANNELS), entry("size_out", out_tokens, 1)],
     }
-    write_bundle(dest, {"model": model}, manifest, force=False)
+    names = BANK.values() if bank else ["model"]
+    manifest: dict[str, Any] = {"graphs": {g: {"file": f"{g}.onnx", **io} for g in names}}
+    if bank:
+        manifest["configs"] = {c: {"method": "tome", "graph": g} for c, g in BANK.items()}
+        manifest["default_config"] = "tome-r4"
+    write_bundle(dest, dict.fromkeys(names, model), manifest, force=False)
     return dest

@@ -1,15 +1,23 @@
-"""``trimformer build DIR --device PROFILE``: build a TensorRT engine into a bundle.
+"""``trimformer build DIR --device PROFILE [--config NAME|all]``: build TensorRT engines.
 
 A thin shell over ``trimformer.runtime.trt_build``: the device profile (a packaged name or a
 YAML file) and the overrides become a ``BuildSettings``; the engine and its record land in
-``DIR/engines/`` and the manifest. Imports are lazy so that ``--help`` is instant.
+``DIR/engines/`` and the manifest: ``PROFILE.plan`` for the model graph, or with ``--config``
+``PROFILE/CONFIG.plan`` per config of a bank, weight-stripped and refitted from weights.bin at
+load (``trimformer.runtime.trt_bank``). Imports are lazy so that ``--help`` is instant.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from trimformer.runtime.trt_build import BuildResult
 
 __all__ = ["build_command"]
 
@@ -23,6 +31,14 @@ __all__ = ["build_command"]
     metavar="PROFILE",
     help="Device profile: a packaged name (jetson-orin-nano, jetson-orin-nx, jetson-agx-orin, "
     "desktop-rtx, datacenter-hopper) or a YAML file.",
+)
+@click.option(
+    "--config",
+    "configs",
+    multiple=True,
+    metavar="NAME|all",
+    help="Build the engine of this config of the bank (repeatable; all: every config) into "
+    "DIR/engines/PROFILE/NAME.plan, without weights (refitted from weights.bin when loaded).",
 )
 @click.option(
     "--precision",
@@ -46,22 +62,33 @@ __all__ = ["build_command"]
 def build_command(
     bundle: Path,
     device: str,
+    configs: tuple[str, ...],
     precision: str | None,
     timing_cache: Path | None,
     plugin_library: Path | None,
 ) -> None:
-    """Build DIR's model into DIR/engines/PROFILE.plan for this machine's GPU."""
+    """Build DIR's model into DIR/engines/PROFILE.plan (or its configs, see --config) for this
+    machine's GPU."""
     from rich.console import Console
+
+    from trimformer.profiles.device_profiles import load_device_profile
+    from trimformer.runtime.trt_build import build_engines
+
+    profile = load_device_profile(device)
+    selection = list(configs) or None
+    results = build_engines(bundle, profile, selection, precision, timing_cache, plugin_library)
+    console = Console()
+    for result in results:
+        _print_result(console, bundle, result, profile.name)
+
+
+def _print_result(console: Console, bundle: Path, result: BuildResult, profile: str) -> None:
+    """The passes' table and the engine's settings."""
     from rich.table import Table
 
     from trimformer.cli_passes import results_table
-    from trimformer.profiles.device_profiles import load_device_profile
-    from trimformer.runtime.trt_build import build_engine
 
-    profile = load_device_profile(device)
-    result = build_engine(bundle, profile, precision, timing_cache, plugin_library)
-    console = Console()
-    console.print(results_table(result.passes, f"graph passes before the build ({profile.name})"))
+    console.print(results_table(result.passes, f"graph passes before the build ({profile})"))
     record = result.record
     table = Table(title=f"{bundle / result.files.plan}")
     table.add_column("setting")
@@ -77,6 +104,8 @@ def build_command(
         ("optimisation level", str(settings["optimization_level"])),
         ("DLA core", "-" if settings["dla_core"] is None else str(settings["dla_core"])),
         ("batch", "{min}..{max} (opt {opt})".format(**settings["batch"])),
+        ("config", record["config"] or "-"),
+        ("weights", record["weights"]),
         ("plugins", record["plugins"]),
         ("power mode", record["power_mode"] or "-"),
     ):

@@ -10,19 +10,23 @@ Two halves, so that everything but the TensorRT calls is tested without libnvinf
   config, optimisation profile, timing cache), loads the plugin library (or registers the
   Python QDP form when no library is built), and writes ``engines/<profile>.plan`` and its
   ``.json`` record (TensorRT version, GPU, compute capability, settings) atomically.
+  ``build_engines`` with config names (a config bank) writes ``engines/<profile>/<config>.plan``
+  per config instead, weight-stripped (see ``trt_bank`` for why and what is shared).
 
-The manifest lists engines under ``engines`` (profile -> plan and record, each with its sha256),
-beside ``files``: ``bundle.read_manifest`` accepts only top-level names in ``files``.
+The manifest lists engines under ``engines`` (``<profile>`` or ``<profile>/<config>`` -> plan
+and record, each with its sha256), beside ``files``: ``bundle.read_manifest`` accepts only
+top-level names in ``files``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -32,6 +36,7 @@ from trimformer.bundle import MANIFEST, read_manifest, sha256_file
 from trimformer.errors import RuntimeFailure, UsageError
 from trimformer.profiles.device_profiles import BatchRange, DeviceProfile
 from trimformer.runtime.session import TensorSpec
+from trimformer.runtime.trt_bank import REFIT_STEPS, BankEngine, engine_key, plan_bank, weight_flags
 from trimformer.runtime.trt_env import GpuIdentity, TrtVersion
 
 if TYPE_CHECKING:
@@ -47,6 +52,7 @@ __all__ = [
     "EngineFiles",
     "add_engine_to_manifest",
     "build_engine",
+    "build_engines",
     "build_settings",
     "check_engine_compatible",
     "configure_builder",
@@ -55,8 +61,10 @@ __all__ = [
     "has_quantize_nodes",
     "input_shapes",
     "load_plugins",
+    "prepared_graph",
     "read_engine_record",
     "require_tensorrt_profile",
+    "saved_onnx",
     "write_engine",
 ]
 
@@ -203,11 +211,20 @@ class EngineFiles:
         return bundle / self.plan, bundle / self.record
 
 
-def engine_files(profile: str) -> EngineFiles:
-    """``engines/<profile>.plan`` and ``engines/<profile>.json`` (bundle-relative)."""
-    if not profile or "/" in profile or profile.startswith("."):
-        raise UsageError(f"{profile!r} cannot name an engine file; use a plain profile name")
-    return EngineFiles(f"engines/{profile}.plan", f"engines/{profile}.json")
+def engine_files(profile: str, config: str | None = None) -> EngineFiles:
+    """``engines/<profile>.plan`` and ``.json``, or ``engines/<profile>/<config>.plan`` and
+    ``.json`` for a config of a bank (bundle-relative)."""
+    for name in (profile, config):
+        if name is not None and (not name or "/" in name or name.startswith(".")):
+            raise UsageError(f"{name!r} cannot name an engine file; use a plain name")
+    stem = f"engines/{profile}" if config is None else f"engines/{profile}/{config}"
+    return EngineFiles(f"{stem}.plan", f"{stem}.json")
+
+
+def _rebuild(profile: object, config: object) -> str:
+    """The command that rebuilds an engine."""
+    option = "" if config is None else f" --config {config}"
+    return f"--device {profile}{option}"
 
 
 def engine_record(
@@ -216,12 +233,23 @@ def engine_record(
     graph: Mapping[str, Any],
     plugin_source: str,
     power_mode: str | None = None,
+    engine: BankEngine | None = None,
 ) -> dict[str, Any]:
-    """The .json written beside a plan: what the runtime checks before loading it."""
+    """The .json written beside a plan: what the runtime checks before loading it.
+
+    ``engine`` (a config of a bank) adds its config, graph and how its weights are held:
+    "embedded" in the plan, or "stripped" and refitted at load by ``refit`` steps.
+    """
+    engine = engine or BankEngine(None, "model", str(graph.get("file", "model.onnx")), False)
     return {
         "format": ENGINE_FORMAT,
         "profile": settings.profile,
-        "plan": engine_files(settings.profile).plan,
+        "config": engine.config,
+        "graph": engine.graph,
+        "graph_file": engine.graph_file,
+        "weights": "stripped" if engine.stripped else "embedded",
+        "refit": list(REFIT_STEPS) if engine.stripped else [],
+        "plan": engine_files(settings.profile, engine.config).plan,
         "tensorrt": settings.tensorrt,
         "gpu": gpu.name,
         "compute_capability": gpu.compute_capability,
@@ -245,11 +273,12 @@ def check_engine_compatible(
     )
     if built_version == version and same_gpu:
         return
+    rebuild = _rebuild(record.get("profile", "PROFILE"), record.get("config"))
     raise UsageError(
         f"{where} was built with TensorRT {built_version} for {record.get('gpu')} (compute "
         f"{record.get('compute_capability')}), but this machine has TensorRT {version} and "
         f"{gpu.name} (compute {gpu.compute_capability}); rebuild it here with "
-        f"trimformer build BUNDLE --device {record.get('profile', 'PROFILE')}"
+        f"trimformer build BUNDLE {rebuild}"
     )
 
 
@@ -268,52 +297,56 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def add_engine_to_manifest(bundle: Path, profile: str) -> dict[str, Any]:
-    """Record ``engines/<profile>.plan`` and ``.json`` (sha256, bytes) in the manifest's
-    ``engines`` and rewrite manifest.json atomically; every other manifest entry is kept."""
+def add_engine_to_manifest(bundle: Path, profile: str, config: str | None = None) -> dict[str, Any]:
+    """Record an engine's plan and .json (sha256, bytes) in the manifest's ``engines`` and
+    rewrite manifest.json atomically; every other manifest entry is kept."""
     manifest = json.loads((bundle / MANIFEST).read_text())
     entry = {}
-    for kind, relative in asdict(engine_files(profile)).items():
+    for kind, relative in asdict(engine_files(profile, config)).items():
         path = bundle / relative
         entry[kind] = {"path": relative, "sha256": sha256_file(path), "bytes": path.stat().st_size}
     engines = manifest.setdefault("engines", {})
-    engines[profile] = entry
+    engines[engine_key(profile, config)] = entry
     _write_atomic(bundle / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
 
 
 def write_engine(bundle: Path, plan: bytes, record: Mapping[str, Any]) -> EngineFiles:
     """Write a plan and its record into the bundle (each atomically), then the manifest."""
-    files = engine_files(str(record["profile"]))
+    config = record.get("config")
+    files = engine_files(str(record["profile"]), config)
     plan_path, record_path = files.paths(bundle)
     try:
         _write_atomic(plan_path, plan)
         _write_atomic(record_path, (json.dumps(record, indent=2) + "\n").encode())
-        add_engine_to_manifest(bundle, str(record["profile"]))
+        add_engine_to_manifest(bundle, str(record["profile"]), config)
     except OSError as exc:
         raise RuntimeFailure(f"writing the engine into {bundle} failed: {exc}") from None
     return files
 
 
 def read_engine_record(
-    bundle: Path, manifest: Mapping[str, Any], profile: str
+    bundle: Path, manifest: Mapping[str, Any], profile: str, config: str | None = None
 ) -> tuple[Path, dict[str, Any]]:
-    """The plan path and record of ``profile``'s engine, after checking both files' sha256."""
-    entry = (manifest.get("engines") or {}).get(profile)
+    """The plan path and record of ``profile``'s engine (of ``config``, for a bank), after
+    checking both files' sha256."""
+    key = engine_key(profile, config)
+    entry = (manifest.get("engines") or {}).get(key)
     built = ", ".join(manifest.get("engines") or {}) or "none"
+    rebuild = _rebuild(profile, config)
     if not isinstance(entry, dict):
         raise UsageError(
-            f"{bundle} has no engine for {profile!r} (built: {built}); run trimformer build "
-            f"{bundle} --device {profile}"
+            f"{bundle} has no engine for {key!r} (built: {built}); run trimformer build "
+            f"{bundle} {rebuild}"
         )
-    paths = engine_files(profile).paths(bundle)
+    paths = engine_files(profile, config).paths(bundle)
     for kind, path in zip(("plan", "record"), paths, strict=True):
         if not path.is_file():
-            raise UsageError(f"{path} is missing; run trimformer build {bundle} --device {profile}")
+            raise UsageError(f"{path} is missing; run trimformer build {bundle} {rebuild}")
         if sha256_file(path) != entry.get(kind, {}).get("sha256"):
             raise UsageError(
                 f"{path} does not match its sha256 in the manifest (corrupt or modified); run "
-                f"trimformer build {bundle} --device {profile}"
+                f"trimformer build {bundle} {rebuild}"
             )
     try:
         record = json.loads(paths[1].read_text())
@@ -322,6 +355,29 @@ def read_engine_record(
     if not isinstance(record, dict) or record.get("format") != ENGINE_FORMAT:
         raise UsageError(f"{paths[1]} is not a trimformer engine record; rebuild the engine")
     return paths[0], record
+
+
+def prepared_graph(
+    bundle: Path, graph_file: str, passes: Sequence[str]
+) -> tuple[onnx.ModelProto, list[PassResult]]:
+    """A bundle graph after the build's graph passes: what TensorRT parses, and what a
+    weight-stripped engine is refitted from (the passes are deterministic)."""
+    import onnx
+
+    from trimformer.graph_passes import run_passes
+
+    return run_passes(onnx.load(bundle / graph_file), passes)
+
+
+@contextlib.contextmanager
+def saved_onnx(model: onnx.ModelProto) -> Iterator[Path]:
+    """``model`` saved in a temporary directory with its weights external (over 2 GiB works)."""
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="trimformer-trt-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save_model(model, path, save_as_external_data=True, location="weights.bin")
+        yield path
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,12 +426,8 @@ def _parse(
     model: onnx.ModelProto,
 ) -> None:
     """Parse ``model`` into ``network`` from a file, so weights over 2 GiB can stay external."""
-    import onnx
-
     parser: tensorrt.OnnxParser = trt.OnnxParser(network, logger)
-    with tempfile.TemporaryDirectory(prefix="trimformer-build-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        onnx.save_model(model, path, save_as_external_data=True, location="weights.bin")
+    with saved_onnx(model) as path:
         if parser.parse_from_file(str(path)):
             return
         errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
@@ -421,27 +473,61 @@ def build_engine(
     plugin_library: Path | None = None,
 ) -> BuildResult:
     """Build the bundle's model graph into ``engines/<profile>.plan`` for this machine's GPU."""
-    import onnx
+    return build_engines(bundle, profile, None, precision, timing_cache, plugin_library)[0]
 
-    from trimformer.graph_passes import run_passes
+
+def build_engines(
+    bundle: Path,
+    profile: DeviceProfile,
+    configs: Sequence[str] | None = None,
+    precision: str | None = None,
+    timing_cache: Path | None = None,
+    plugin_library: Path | None = None,
+) -> list[BuildResult]:
+    """Build engines for this machine's GPU: the model graph (``configs`` None), or one
+    weight-stripped engine per named config ("all": every config of the bank)."""
     from trimformer.runtime.trt_env import gpu_identity, import_tensorrt, jetson_power_mode
 
     require_tensorrt_profile(profile)
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     trt = import_tensorrt()
-    settings = build_settings(profile, TrtVersion.parse(trt.__version__), precision, timing_cache)
-    graph = manifest["graphs"]["model"]
+    version = TrtVersion.parse(trt.__version__)
+    base = build_settings(profile, version, precision, timing_cache)
+    jobs = plan_bank(manifest, configs, version, base.dla_core)
+    stripped = replace(base, builder_flags=base.builder_flags + weight_flags(version, None))
+    graphs = manifest["graphs"]
+    gpu = gpu_identity()
+    power_mode = jetson_power_mode()
+    results = []
+    for job in jobs:
+        settings = stripped if job.stripped else base
+        graph = {**graphs[job.graph], "file": job.graph_file}
+        plan, plugin_source, passes = _build_plan(trt, bundle, graph, settings, plugin_library)
+        record = engine_record(settings, gpu, graph, plugin_source, power_mode, job)
+        files = write_engine(bundle, plan, record)
+        results.append(BuildResult(files, record, passes))
+    return results
+
+
+def _build_plan(
+    trt: ModuleType,
+    bundle: Path,
+    graph: Mapping[str, Any],
+    settings: BuildSettings,
+    plugin_library: Path | None,
+) -> tuple[bytes, str, list[PassResult]]:
+    """One graph through the passes and TensorRT's builder: the serialised plan, the plugin
+    source, and what the passes did. Updates the timing cache when one is set."""
     inputs = [TensorSpec.from_manifest(e) for e in graph["inputs"]]
     shapes = input_shapes(inputs, settings.batch)
-    model, results = run_passes(onnx.load(bundle / graph["file"]), settings.onnx_passes)
+    model, results = prepared_graph(bundle, graph["file"], settings.onnx_passes)
     if settings.requires_qdq and not has_quantize_nodes(model):
         raise UsageError(
             "precision int8 needs a Q/DQ-quantized model (explicit quantization); trimformer "
             "does not calibrate: quantize model.onnx first (e.g. TensorRT Model Optimizer) or "
             "use --precision fp16"
         )
-    gpu = gpu_identity()
 
     logger: tensorrt.ILogger = trt.Logger(trt.Logger.WARNING)
     builder: tensorrt.Builder = trt.Builder(logger)
@@ -450,7 +536,7 @@ def build_engine(
     _parse(trt, network, logger, model)
     config = builder.create_builder_config()
     configure_builder(trt, builder, config, settings, shapes)
-    cache_path = Path(timing_cache) if timing_cache is not None else None
+    cache_path = Path(settings.timing_cache) if settings.timing_cache is not None else None
     cache_bytes = (
         cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else b""
     )
@@ -458,11 +544,9 @@ def build_engine(
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise RuntimeFailure(
-            f"TensorRT could not build an engine for {profile.name}; rerun with "
-            "TRIMFORMER_DEBUG=1 and read TensorRT's log above"
+            f"TensorRT could not build an engine for {settings.profile} ({graph['file']}); rerun "
+            "with TRIMFORMER_DEBUG=1 and read TensorRT's log above"
         )
     if cache_path is not None:
         _write_atomic(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
-    record = engine_record(settings, gpu, graph, plugin_source, jetson_power_mode())
-    files = write_engine(bundle, bytes(memoryview(plan)), record)
-    return BuildResult(files, record, results)
+    return bytes(memoryview(plan)), plugin_source, results

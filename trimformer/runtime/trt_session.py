@@ -1,11 +1,18 @@
-"""Run a bundle's TensorRT engine with the same API as the ONNX Runtime ``Session``.
+"""Run a bundle's TensorRT engines with the same API as the ONNX Runtime ``Session``.
 
-``TrtSession(bundle, profile)`` checks the engine's and its record's sha256 against the manifest,
-refuses an engine built for another TensorRT version or GPU (one line naming both), loads the
-plugins the engine was built with (the plugin library, or the Python QDP form), deserialises the
-engine and runs it on one CUDA stream. Device buffers and the stream are torch's (imported
-lazily): no extra CUDA binding is needed. With ``cuda_graph=True`` each input shape is captured
-once into a CUDA graph and replayed. Inputs are validated exactly as ``Session`` validates them.
+``TrtSession(bundle, profile)`` finds the profile's engines: ``engines/<profile>.plan`` (one
+engine, for the default config) and ``engines/<profile>/<config>.plan`` (a config bank, built
+with ``trimformer build --config``). Before loading anything it checks every engine's and
+record's sha256 against the manifest and refuses an engine built for another TensorRT version
+or GPU (one line naming both, per engine). It loads the plugins the engines were built with
+(the plugin library, or the Python QDP form), deserialises an engine when its config is first
+used (all at once with ``preload``), refits a weight-stripped one from the bundle's weights
+(see ``trt_bank``), and runs each engine on its own CUDA stream and execution context.
+``configs``, ``use`` and ``run(inputs, config=...)`` behave as in ``Session``: switching is
+thread-safe and a call in flight finishes on its engine. Device buffers and the streams are
+torch's (imported lazily): no extra CUDA binding is needed. With ``cuda_graph=True`` each input
+shape is captured once into a CUDA graph and replayed. Inputs are validated exactly as
+``Session`` validates them.
 """
 
 from __future__ import annotations
@@ -14,14 +21,21 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType, ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trimformer.bundle import read_manifest
+from trimformer.bundle import bank_configs, read_manifest
 from trimformer.errors import RuntimeFailure, UsageError
 from trimformer.runtime.session import Session, TensorSpec
-from trimformer.runtime.trt_build import check_engine_compatible, read_engine_record
+from trimformer.runtime.trt_bank import ConfigSwitch, engine_key, refit_engine
+from trimformer.runtime.trt_build import (
+    check_engine_compatible,
+    prepared_graph,
+    read_engine_record,
+    saved_onnx,
+)
 from trimformer.runtime.trt_env import (
     TrtVersion,
     find_plugin_library,
@@ -32,7 +46,26 @@ from trimformer.runtime.trt_env import (
 if TYPE_CHECKING:
     import tensorrt
 
-__all__ = ["TrtSession", "load_engine"]
+__all__ = ["TrtSession", "engine_records", "load_engine"]
+
+
+def engine_records(
+    bundle: Path, manifest: Mapping[str, Any], profile: str
+) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """Config name -> (plan, record) of every engine built for ``profile``, in config order,
+    each checked against its sha256. The one-engine layout serves the config of graph "model"
+    unless that config has its own engine."""
+    configs, default = bank_configs(manifest)
+    engines = manifest.get("engines") or {}
+    found = {}
+    for name in configs:
+        if engine_key(profile, name) in engines:
+            found[name] = read_engine_record(bundle, manifest, profile, name)
+    if profile in engines or not found:  # no engine at all: read_engine_record says so
+        model = next((n for n, e in configs.items() if e.get("graph") == "model"), default)
+        if model not in found:
+            found[model] = read_engine_record(bundle, manifest, profile)
+    return {name: found[name] for name in configs if name in found}
 
 
 @dataclass
@@ -44,62 +77,35 @@ class _Bound:
     graph: Any = None
 
 
-class TrtSession(Session):
-    """One TensorRT engine of a bundle: ``inputs``, ``outputs``, ``run``, ``close``, ``with``.
-
-    ``run`` is serialised by a lock (a TensorRT execution context runs one inference at a time).
-    """
+class _Engine:
+    """One deserialised engine: its execution context, CUDA stream and bound buffers."""
 
     def __init__(
         self,
-        bundle: str | Path,
-        profile: str,
-        plugin_library: Path | None = None,
-        cuda_graph: bool = False,
-        device: int = 0,
+        trt: ModuleType,
+        torch: ModuleType,
+        device: Any,
+        engine: tensorrt.ICudaEngine,
+        file: Path,
+        inputs: tuple[TensorSpec, ...],
+        outputs: tuple[TensorSpec, ...],
+        cuda_graph: bool,
     ) -> None:
-        bundle = Path(bundle)
-        self.manifest: dict[str, Any] = read_manifest(bundle)
-        self.graph = "model"
-        self.profile = profile
-        plan_path, record = read_engine_record(bundle, self.manifest, profile)
-        self._file = plan_path
-        trt = import_tensorrt()
-        version = TrtVersion.parse(trt.__version__)
-        check_engine_compatible(record, version, gpu_identity(device), str(plan_path))
-        try:
-            self.inputs = tuple(TensorSpec.from_manifest(e) for e in record["inputs"])
-            self.outputs = tuple(TensorSpec.from_manifest(e) for e in record["outputs"])
-        except (KeyError, TypeError) as exc:
-            raise UsageError(f"{plan_path}: its record is malformed ({exc}); rebuild it") from None
-        self.providers: tuple[str, ...] = (f"TensorRT {version}",)
+        self._trt = trt
+        self._torch = torch
+        self._device = device
+        self._file = file
+        self.inputs = inputs
+        self.outputs = outputs
+        self._check_engine_io(trt, engine)
+        self._engine: tensorrt.ICudaEngine = engine
+        self._context: tensorrt.IExecutionContext = engine.create_execution_context()
+        self._stream = torch.cuda.Stream(device)
         self._cuda_graph = cuda_graph
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # an execution context runs one inference at a time
         self._bound: dict[tuple[tuple[int, ...], ...], _Bound] = {}
 
-        import torch
-
-        self._torch = torch
-        self._device = torch.device("cuda", device)
-        self._logger: tensorrt.ILogger = trt.Logger(trt.Logger.WARNING)
-        runtime: tensorrt.Runtime = trt.Runtime(self._logger)
-        if record.get("plugins") == "qdp":
-            from trimformer.plugins_qdp import register_qdp_plugins
-
-            register_qdp_plugins()
-        else:
-            runtime.get_plugin_registry().load_library(str(find_plugin_library(plugin_library)))
-        engine = runtime.deserialize_cuda_engine(plan_path.read_bytes())
-        if engine is None:
-            raise RuntimeFailure(f"TensorRT could not deserialise {plan_path}; rebuild it")
-        self._check_engine_io(trt, engine)
-        self._trt = trt
-        self._runtime = runtime
-        self._engine: tensorrt.ICudaEngine | None = engine
-        self._context: tensorrt.IExecutionContext | None = engine.create_execution_context()
-        self._stream = torch.cuda.Stream(self._device)
-
-    def _check_engine_io(self, trt: Any, engine: tensorrt.ICudaEngine) -> None:
+    def _check_engine_io(self, trt: ModuleType, engine: tensorrt.ICudaEngine) -> None:
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         is_input = {n: engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         for kind, declared, actual in (
@@ -112,24 +118,6 @@ class TrtSession(Session):
                     f"the engine has {actual}; rebuild it"
                 )
 
-    def __repr__(self) -> str:
-        state = "closed" if self._context is None else self.providers[0]
-        return f"TrtSession({str(self._file)!r}, profile={self.profile!r}, {state})"
-
-    def end_profiling(self) -> Path:
-        raise UsageError("profiling is an ONNX Runtime feature; use trtexec --dumpProfile")
-
-    def close(self) -> None:
-        """Release the context, engine and buffers; later calls to ``run`` are errors."""
-        self._bound.clear()
-        self._context = None
-        self._engine = None
-
-    def _live(self) -> tuple[tensorrt.ICudaEngine, tensorrt.IExecutionContext]:
-        if self._engine is None or self._context is None:
-            raise UsageError(f"{self!r} is closed; load the engine again")
-        return self._engine, self._context
-
     def _bind(self, feed: Mapping[str, np.ndarray]) -> _Bound:
         """Buffers for these input shapes, set on the context (made once per shape set)."""
         torch = self._torch
@@ -137,7 +125,7 @@ class TrtSession(Session):
         bound = self._bound.get(key)
         if bound is not None:
             return bound
-        engine, context = self._live()
+        engine, context = self._engine, self._context
         inputs = {}
         for spec in self.inputs:
             array = feed[spec.name]
@@ -147,7 +135,7 @@ class TrtSession(Session):
             if not context.set_input_shape(spec.name, tuple(array.shape)):
                 raise UsageError(
                     f"input {spec.name!r} shape {array.shape} is outside the engine's profile; "
-                    f"see engines/{self.profile}.json for its batch range"
+                    f"see {self._file.with_suffix('.json')} for its batch range"
                 )
             context.set_tensor_address(spec.name, inputs[spec.name].data_ptr())
         outputs = {}
@@ -168,7 +156,7 @@ class TrtSession(Session):
         if bound.graph is not None:
             bound.graph.replay()
             return
-        _, context = self._live()
+        context = self._context
         if not context.execute_async_v3(self._stream.cuda_stream):
             raise RuntimeFailure(f"TensorRT failed running {self._file}")
         if self._cuda_graph:  # capture after one plain run, as TensorRT requires
@@ -177,9 +165,8 @@ class TrtSession(Session):
                 context.execute_async_v3(self._stream.cuda_stream)
             bound.graph = graph
 
-    def _run_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Copy inputs in, run the engine on the session's stream, copy outputs out."""
-        self._live()
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Copy inputs in, run the engine on its stream, copy outputs out."""
         torch = self._torch
         with self._lock, torch.cuda.stream(self._stream):
             bound = self._bind(feed)
@@ -190,8 +177,165 @@ class TrtSession(Session):
         return {spec.name: results[spec.name] for spec in self.outputs}
 
 
+class TrtSession(Session):
+    """A bundle's TensorRT engines for one device profile: ``inputs``, ``outputs``, ``configs``,
+    ``use``, ``run``, ``close``, ``with``.
+
+    ``config`` picks the config run by default (default: the bundle's default config when it
+    has an engine, else the first built). Engines open on first use, or all now with
+    ``preload``; each loaded engine holds its own device copy of the weights (``trt_bank``).
+    """
+
+    def __init__(
+        self,
+        bundle: str | Path,
+        profile: str,
+        plugin_library: Path | None = None,
+        cuda_graph: bool = False,
+        device: int = 0,
+        config: str | None = None,
+        preload: bool = False,
+    ) -> None:
+        bundle = Path(bundle)
+        self.manifest: dict[str, Any] = read_manifest(bundle)
+        self.profile = profile
+        self._bundle = bundle
+        configs, default = bank_configs(self.manifest)
+        self._records = engine_records(bundle, self.manifest, profile)
+        self._configs = {name: configs[name] for name in self._records}
+        trt = import_tensorrt()
+        version = TrtVersion.parse(trt.__version__)
+        gpu = gpu_identity(device)
+        for plan_path, record in self._records.values():
+            check_engine_compatible(record, version, gpu, str(plan_path))
+        io = {name: self._io(plan, record) for name, (plan, record) in self._records.items()}
+        first = next(iter(io))
+        for name, other in io.items():
+            if other != io[first]:
+                raise UsageError(
+                    f"{bundle}: the engines of configs {first!r} and {name!r} declare different "
+                    f"inputs or outputs; rebuild them with trimformer build --device {profile}"
+                )
+        self.inputs, self.outputs = io[first]
+        self.providers: tuple[str, ...] = (f"TensorRT {version}",)
+        self._cuda_graph = cuda_graph
+
+        import torch
+
+        self._torch = torch
+        self._device = torch.device("cuda", device)
+        self._trt = trt
+        self._logger: tensorrt.ILogger = trt.Logger(trt.Logger.WARNING)
+        self._runtime: tensorrt.Runtime = trt.Runtime(self._logger)
+        self._load_plugins(
+            {str(r.get("plugins")) for _, r in self._records.values()}, plugin_library
+        )
+        start = config if config is not None else (default if default in io else first)
+        self._switch = ConfigSwitch(io, start, self._open_engine, f"{bundle} ({profile})")
+        self._switch.get()
+        if preload:
+            self._switch.preload()
+
+    def _io(
+        self, plan: Path, record: Mapping[str, Any]
+    ) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+        try:
+            return (
+                tuple(TensorSpec.from_manifest(e) for e in record["inputs"]),
+                tuple(TensorSpec.from_manifest(e) for e in record["outputs"]),
+            )
+        except (KeyError, TypeError) as exc:
+            raise UsageError(f"{plan}: its record is malformed ({exc}); rebuild it") from None
+
+    def _load_plugins(self, sources: set[str], library: Path | None) -> None:
+        if "qdp" in sources:
+            from trimformer.plugins_qdp import register_qdp_plugins
+
+            register_qdp_plugins()
+        if sources - {"qdp"}:
+            path = find_plugin_library(library)
+            self._runtime.get_plugin_registry().load_library(str(path))
+
+    def _open_engine(self, name: str) -> _Engine:
+        """Deserialise ``name``'s engine, refit it when its weights were stripped."""
+        plan_path, record = self._records[name]
+        engine = self._runtime.deserialize_cuda_engine(plan_path.read_bytes())
+        if engine is None:
+            raise RuntimeFailure(f"TensorRT could not deserialise {plan_path}; rebuild it")
+        if record.get("weights") == "stripped":
+            passes = record["settings"]["onnx_passes"]
+            model, _ = prepared_graph(self._bundle, str(record["graph_file"]), passes)
+            with saved_onnx(model) as path:
+                refit_engine(self._trt, engine, self._logger, path)
+        return _Engine(
+            self._trt,
+            self._torch,
+            self._device,
+            engine,
+            plan_path,
+            self.inputs,
+            self.outputs,
+            self._cuda_graph,
+        )
+
+    @property
+    def configs(self) -> Mapping[str, Mapping[str, Any]]:
+        """Config name -> its manifest entry, for the configs that have an engine here."""
+        return MappingProxyType({k: MappingProxyType(v) for k, v in self._configs.items()})
+
+    @property
+    def config(self) -> str:
+        return self._switch.current
+
+    @property
+    def graph(self) -> str:
+        return str(self._configs[self.config].get("graph", "model"))
+
+    @property
+    def _file(self) -> Path:
+        return self._records[self.config][0]
+
+    def use(self, name: str) -> None:
+        """Make ``name`` the config later ``run`` calls use (loading its engine first); calls
+        in flight finish on theirs."""
+        self._switch.use(name)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._switch.closed else self.providers[0]
+        return (
+            f"TrtSession({str(self._bundle)!r}, profile={self.profile!r}, "
+            f"config={self.config!r}, {state})"
+        )
+
+    def end_profiling(self) -> Path:
+        raise UsageError("profiling is an ONNX Runtime feature; use trtexec --dumpProfile")
+
+    def close(self) -> None:
+        """Release the engines (each when its last call in flight returns); later calls to
+        ``run`` are errors."""
+        self._switch.close()
+
+    def _run_impl(
+        self, feed: Mapping[str, np.ndarray], config: str | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run an already-checked feed on ``config``'s engine (default: the current one)."""
+        return self._switch.get(config).run(feed)
+
+
 def load_engine(
-    bundle: str | Path, profile: str, cuda_graph: bool = False, plugin_library: Path | None = None
+    bundle: str | Path,
+    profile: str,
+    cuda_graph: bool = False,
+    plugin_library: Path | None = None,
+    config: str | None = None,
+    preload: bool = False,
 ) -> TrtSession:
-    """Load ``engines/<profile>.plan`` of a bundle (built by ``trimformer build``)."""
-    return TrtSession(bundle, profile, plugin_library=plugin_library, cuda_graph=cuda_graph)
+    """Load a bundle's engines for ``profile`` (built by ``trimformer build``)."""
+    return TrtSession(
+        bundle,
+        profile,
+        plugin_library=plugin_library,
+        cuda_graph=cuda_graph,
+        config=config,
+        preload=preload,
+    )
