@@ -182,7 +182,7 @@ def test_malformed_weight_table_is_refused(alone: Path, tmp_path: Path) -> None:
     manifest["shared_weights"]["tensors"][0]["offset"] = 1 << 40
     (bad / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(UsageError, match=r"shared_weights is malformed .* past weights\.bin"):
-        load(bad)
+        load(bad, share_weights=True)
 
 
 def test_bench_config_all_prints_one_row_per_config(bank: Path, tmp_path: Path, capsys) -> None:

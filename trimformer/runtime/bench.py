@@ -396,7 +396,7 @@ def benchmark_configs(
         names = list(session.configs) if configs is None else list(dict.fromkeys(configs))
         for name in names:  # opens each; an unknown name is refused here, before any timing
             session.use(name)
-        feed = session.check_inputs(random_inputs(session.inputs, batch))
+        feed = session.check_inputs(random_inputs(session.all_inputs, batch))
         runners = [partial(session._run_impl, feed, name) for name in names]
         with _progress(progress) as bar:
             _warm_up(runners, warmup)

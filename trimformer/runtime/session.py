@@ -180,10 +180,8 @@ class Session:
                 self._graphs[name] = self._parse_graph(name)
         if graph not in self._graphs:
             _graph_entry(bundle, self.manifest, graph)  # raises the error that fits
-        self._check_same_io()
-        first = next(iter(self._graphs.values()))
-        self.inputs: tuple[TensorSpec, ...] = first.inputs
-        self.outputs: tuple[TensorSpec, ...] = first.outputs
+        self.all_inputs: tuple[TensorSpec, ...] = self._check_same_io()
+        self.outputs: tuple[TensorSpec, ...] = next(iter(self._graphs.values())).outputs
         if config is not None:
             start = self._config_name(config)
         else:
@@ -231,15 +229,35 @@ class Session:
             )
         return graph
 
-    def _check_same_io(self) -> None:
-        """Every config is the same model: one set of inputs and outputs serves them all."""
+    def _check_same_io(self) -> tuple[TensorSpec, ...]:
+        """Every config is the same model: the same outputs, and an input of one name is the
+        same tensor in every graph that takes it. A method may add inputs of its own (ToDRE's
+        query, group_merge's group ids), so graphs may take more inputs than others. Returns
+        every input any config takes, in order of first appearance.
+        """
         graphs = list(self._graphs.values())
-        for other in graphs[1:]:
-            if (other.inputs, other.outputs) != (graphs[0].inputs, graphs[0].outputs):
+        union: dict[str, TensorSpec] = {}
+        for graph in graphs:
+            clash = any(union.get(spec.name, spec) != spec for spec in graph.inputs)
+            if clash or graph.outputs != graphs[0].outputs:
                 raise UsageError(
-                    f"{self._bundle}: graphs {graphs[0].name!r} and {other.name!r} declare "
+                    f"{self._bundle}: graphs {graphs[0].name!r} and {graph.name!r} declare "
                     "different inputs or outputs; re-export the bundle"
                 )
+            union.update({spec.name: spec for spec in graph.inputs})
+        return tuple(union.values())
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        """The inputs of the current config's graph (``all_inputs``: of any config's)."""
+        return self._graph_of(None).inputs
+
+    def _graph_of(self, config: str | None) -> _Graph:
+        if config is not None:
+            self._config_name(config)
+        with self._lock:
+            name = self._current if config is None else config
+        return self._graphs[self._configs[name]["graph"]]
 
     def _config_of(self, graph: str) -> str:
         for name, entry in self._configs.items():
@@ -371,60 +389,69 @@ class Session:
         Arrays are never cast: a dtype other than the declared one is refused with a hint.
         Returns output name -> array.
         """
-        return self._run_impl(self.check_inputs(inputs), config)
+        return self._run_impl(self.check_inputs(inputs, config), config)
 
-    def check_inputs(self, inputs: Mapping[str, Any] | np.ndarray) -> dict[str, np.ndarray]:
-        """Validate inputs against the manifest and return the feed ONNX Runtime will get."""
+    def check_inputs(
+        self, inputs: Mapping[str, Any] | np.ndarray, config: str | None = None
+    ) -> dict[str, np.ndarray]:
+        """Validate inputs for ``config`` (default: the current one) against the manifest and
+        return the feed. Inputs only other configs take (a method's own) are accepted, so an
+        application can pass them always and switch configs freely."""
+        expected = self._graph_of(config).inputs
         if isinstance(inputs, Mapping):
             feed = {name: np.asarray(value) for name, value in inputs.items()}
-        elif len(self.inputs) == 1:
-            feed = {self.inputs[0].name: np.asarray(inputs)}
+        elif len(expected) == 1:
+            feed = {expected[0].name: np.asarray(inputs)}
         else:
             raise UsageError(
-                f"graph {self.graph!r} takes {len(self.inputs)} inputs ({self._expected()}); "
+                f"graph {self.graph!r} takes {len(expected)} inputs ({_describe(expected)}); "
                 "pass a dict of name -> array"
             )
-        self._check_names(feed)
+        self._check_names(feed, expected)
         dims: dict[str, tuple[str, int]] = {}
-        for spec in self.inputs:
-            _check_array(spec, feed[spec.name], dims)
+        for spec in self.all_inputs:
+            if spec.name in feed:
+                _check_array(spec, feed[spec.name], dims)
         return feed
 
-    def _expected(self) -> str:
-        return "; ".join(spec.describe() for spec in self.inputs)
-
-    def _check_names(self, feed: Mapping[str, np.ndarray]) -> None:
-        names = {spec.name for spec in self.inputs}
-        unknown = sorted(set(feed) - names)
+    def _check_names(self, feed: Mapping[str, np.ndarray], expected: Sequence[TensorSpec]) -> None:
+        unknown = sorted(set(feed) - {spec.name for spec in self.all_inputs})
         if unknown:
             raise UsageError(
                 f"unknown input {', '.join(map(repr, unknown))}; graph {self.graph!r} expects "
-                f"{self._expected()}"
+                f"{_describe(expected)}"
             )
-        missing = [spec.name for spec in self.inputs if spec.name not in feed]
+        missing = [spec.name for spec in expected if spec.name not in feed]
         if missing:
             raise UsageError(
                 f"missing input {', '.join(map(repr, missing))}; graph {self.graph!r} expects "
-                f"{self._expected()}"
+                f"{_describe(expected)}"
             )
 
     def _run_impl(
         self, feed: Mapping[str, np.ndarray], config: str | None = None
     ) -> dict[str, np.ndarray]:
         """Run an already-checked feed (the benchmark times this, without the checks)."""
-        if config is not None:
-            self._config_name(config)
-        with self._lock:
-            name = self._current if config is None else config
-        graph = self._graphs[self._configs[name]["graph"]]
+        graph = self._graph_of(config)
         opened = self._session(graph.name)
         try:
-            results = opened.session.run(None, feed)
+            own = {spec.name: feed[spec.name] for spec in graph.inputs}
+        except KeyError as exc:
+            raise UsageError(
+                f"missing input {exc.args[0]!r}; graph {graph.name!r} expects "
+                f"{_describe(graph.inputs)}"
+            ) from None
+        try:
+            results = opened.session.run(None, own)
         except _ORT_ERRORS as exc:
             raise RuntimeFailure(
                 f"onnxruntime failed running {graph.file}: {_first_line(exc)}"
             ) from None
         return {spec.name: value for spec, value in zip(self.outputs, results, strict=True)}
+
+
+def _describe(specs: Sequence[TensorSpec]) -> str:
+    return "; ".join(spec.describe() for spec in specs)
 
 
 def _check_against_graph(graph: _Graph, session: ort.InferenceSession) -> None:
