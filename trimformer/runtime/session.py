@@ -250,7 +250,10 @@ class Session:
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
         """The inputs of the current config's graph (``all_inputs``: of any config's)."""
-        return self._graph_of(None).inputs
+        return self._inputs_for(None)
+
+    def _inputs_for(self, config: str | None) -> tuple[TensorSpec, ...]:
+        return self._graph_of(config).inputs
 
     def _graph_of(self, config: str | None) -> _Graph:
         if config is not None:
@@ -397,7 +400,7 @@ class Session:
         """Validate inputs for ``config`` (default: the current one) against the manifest and
         return the feed. Inputs only other configs take (a method's own) are accepted, so an
         application can pass them always and switch configs freely."""
-        expected = self._graph_of(config).inputs
+        expected = self._inputs_for(config)
         if isinstance(inputs, Mapping):
             feed = {name: np.asarray(value) for name, value in inputs.items()}
         elif len(expected) == 1:

@@ -216,7 +216,8 @@ class TrtSession(Session):
                     f"{bundle}: the engines of configs {first!r} and {name!r} declare different "
                     f"inputs or outputs; rebuild them with trimformer build --device {profile}"
                 )
-        self.inputs, self.outputs = io[first]
+        self._engine_inputs, self.outputs = io[first]
+        self.all_inputs = self._engine_inputs
         self.providers: tuple[str, ...] = (f"TensorRT {version}",)
         self._cuda_graph = cuda_graph
 
@@ -246,6 +247,9 @@ class TrtSession(Session):
             )
         except (KeyError, TypeError) as exc:
             raise UsageError(f"{plan}: its record is malformed ({exc}); rebuild it") from None
+
+    def _inputs_for(self, config: str | None) -> tuple[TensorSpec, ...]:
+        return self._engine_inputs  # every engine of a bank takes the same inputs (checked)
 
     def _load_plugins(self, sources: set[str], library: Path | None) -> None:
         if "qdp" in sources:
