@@ -59,16 +59,22 @@ TEXT_WORDS = [
 def tiny_text_folder(
     path: Path, model_type: str = "bert", sentence_transformers: bool = True, pooling: str = "mean"
 ) -> Path:
-    """A random 2-layer BERT-family encoder saved as a (sentence-transformers) folder."""
+    """A random 2-layer BERT-family encoder saved as a (sentence-transformers) folder.
+
+    MPNet pads with id 1 (its position ids skip that id), so its specials are ordered as
+    MPNet's own vocabulary orders them."""
     import json
 
     from transformers import AutoConfig, AutoModel, BertTokenizerFast
 
     torch.manual_seed(0)
     path.mkdir(parents=True)
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TEXT_WORDS]
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    if model_type == "mpnet":
+        specials = ["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"]
+    words = [*specials, *TEXT_WORDS]
     tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, model_max_length=64)
-    assert tokenizer("the cat")["input_ids"] == [2, 5, 7, 3]
+    assert tokenizer("the cat")["input_ids"][1:] == [5, 7, words.index("[SEP]")]
     config = AutoConfig.for_model(
         model_type,
         vocab_size=tokenizer.vocab_size,
@@ -78,9 +84,12 @@ def tiny_text_folder(
         intermediate_size=64,
         max_position_embeddings=70,
         type_vocab_size=2 if model_type == "bert" else 1,
-        pad_token_id=0,
+        pad_token_id=words.index("[PAD]"),
     )
-    AutoModel.from_config(config).save_pretrained(path)
+    model = AutoModel.from_config(config)
+    if model_type == "mpnet":  # a bias as large as trained ones, so that positions matter
+        torch.nn.init.normal_(model.encoder.relative_attention_bias.weight, std=2.0)
+    model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     if sentence_transformers:
         modules = [
