@@ -121,3 +121,36 @@ def tiny_text_folder(
         )
         (path / "2_Normalize").mkdir()
     return path
+
+
+def tiny_clip_text_folder(path: Path, legacy_eos: bool = False, projection: bool = True) -> Path:
+    """A random 2-layer CLIP text tower saved with its tokenizer. [SEP] ends each text and has
+    the largest id, so both of transformers' pooling rules find it: the legacy one (config
+    eos_token_id 2: the largest id) and the newer one (the first eos_token_id)."""
+    from transformers import (
+        BertTokenizerFast,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+    )
+
+    torch.manual_seed(0)
+    path.mkdir(parents=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[MASK]", *TEXT_WORDS, "[SEP]"]
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, model_max_length=64)
+    config = CLIPTextConfig(
+        vocab_size=len(words),
+        hidden_size=32,
+        intermediate_size=64,
+        projection_dim=24,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=2 if legacy_eos else len(words) - 1,
+    )
+    model_class = CLIPTextModelWithProjection if projection else CLIPTextModel
+    model_class(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -257,6 +257,7 @@ def test_every_registered_adapter_has_an_export_test() -> None:
     tested = {
         "timm-vit": "test_adapter_timm.py",
         "hf-text": "test_adapter_hf_text.py",
+        "hf-clip-text": "test_adapter_hf_clip_text.py",
         "hf-vit": "test_adapter_hf_vision.py",
         "hf-deit": "test_adapter_hf_vision.py",
         "hf-clip": "test_adapter_hf_vision.py",
