@@ -123,16 +123,15 @@ def tiny_text_folder(
     return path
 
 
-def tiny_clip_text_folder(path: Path, legacy_eos: bool = False, projection: bool = True) -> Path:
-    """A random 2-layer CLIP text tower saved with its tokenizer. [SEP] ends each text and has
-    the largest id, so both of transformers' pooling rules find it: the legacy one (config
-    eos_token_id 2: the largest id) and the newer one (the first eos_token_id)."""
-    from transformers import (
-        BertTokenizerFast,
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPTextModelWithProjection,
-    )
+def tiny_clip_text_folder(
+    path: Path, legacy_eos: bool = False, architecture: str = "CLIPTextModelWithProjection"
+) -> Path:
+    """A random 2-layer CLIP text tower (alone, with projection, or in a whole ``CLIPModel``
+    with a tiny image side) saved with its tokenizer. [SEP] ends each text and has the largest
+    id, so both of transformers' pooling rules find it: the legacy one (config eos_token_id 2:
+    the largest id) and the newer one (the first eos_token_id)."""
+    import transformers
+    from transformers import BertTokenizerFast, CLIPConfig, CLIPTextConfig
 
     torch.manual_seed(0)
     path.mkdir(parents=True)
@@ -150,7 +149,10 @@ def tiny_clip_text_folder(path: Path, legacy_eos: bool = False, projection: bool
         bos_token_id=2,
         eos_token_id=2 if legacy_eos else len(words) - 1,
     )
-    model_class = CLIPTextModelWithProjection if projection else CLIPTextModel
-    model_class(config).save_pretrained(path)
+    if architecture == "CLIPModel":
+        vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
+        vision |= {"num_attention_heads": 2, "image_size": 32, "patch_size": 16}
+        config = CLIPConfig(text_config=config.to_dict(), vision_config=vision, projection_dim=24)
+    getattr(transformers, architecture)(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -30,25 +30,32 @@ def _feed(folder: Path, sentences: list[str]) -> dict[str, np.ndarray]:
     return {k: np.asarray(encoded[k], np.int64) for k in ("input_ids", "attention_mask")}
 
 
-@pytest.mark.parametrize(("legacy_eos", "projection"), [(True, False), (False, True)])
+@pytest.mark.parametrize(
+    ("legacy_eos", "architecture"),
+    [(True, "CLIPTextModel"), (False, "CLIPTextModelWithProjection"), (False, "CLIPModel")],
+)
 def test_unreduced_export_equals_transformers(
-    tmp_path: Path, legacy_eos: bool, projection: bool
+    tmp_path: Path, legacy_eos: bool, architecture: str
 ) -> None:
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+    import transformers
 
-    folder = tiny_clip_text_folder(tmp_path / "clip", legacy_eos, projection)
+    folder = tiny_clip_text_folder(tmp_path / "clip", legacy_eos, architecture)
     bundle = tmp_path / "bundle"
+    # --seq-len selects a whole CLIPModel's text side (without it, its image side exports).
     manifest = export_bundle(ExportRequest(str(folder), bundle, seq_len=SEQ_LEN))
     assert manifest["model"]["family"] == "hf-clip-text"
     feed = _feed(folder, SENTENCES)
     got = load(bundle).run(feed)["sentence_embedding"]
     tensors = {k: torch.from_numpy(v) for k, v in feed.items()}
+    model = getattr(transformers, architecture).from_pretrained(folder).eval()
     with torch.no_grad():
-        if projection:
-            want = CLIPTextModelWithProjection.from_pretrained(folder)(**tensors).text_embeds
+        if architecture == "CLIPModel":
+            want = model.text_projection(model.text_model(**tensors).pooler_output)
+        elif architecture == "CLIPTextModel":
+            want = model(**tensors).pooler_output
         else:
-            want = CLIPTextModel.from_pretrained(folder)(**tensors).pooler_output
-    assert got.shape == (3, 24 if projection else 32)
+            want = model(**tensors).text_embeds
+    assert got.shape == (3, 32 if architecture == "CLIPTextModel" else 24)
     assert np.abs(got - want.numpy()).max() <= VERIFY_ATOL
 
 

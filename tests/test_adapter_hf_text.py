@@ -235,7 +235,7 @@ def test_unsupported_architecture_lists_supported_ones(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["export", str(folder), "-o", str(tmp_path / "b")])
     assert isinstance(result.exception, UsageError)
     assert "model type 'gpt2' is not supported" in str(result.exception)
-    assert "bert, roberta" in str(result.exception)
+    assert "bert, roberta, xlm-roberta, mpnet, clip_text_model" in str(result.exception)
 
 
 def test_export_cli_with_seq_len_and_set(tmp_path: Path) -> None:

@@ -1,6 +1,5 @@
 """Load Hugging Face models from ``hf:ORG/NAME`` or a local folder: text encoders (BERT family,
-MPNet, CLIP text towers) here, vision
-models in hf_vision_loading (routed by the config's ``model_type``).
+MPNet, CLIP text towers) here, vision models in hf_vision_loading (routed by ``model_type``).
 
 A sentence-transformers folder (``modules.json``) declares its pooling (``1_Pooling/config.json``),
 whether it L2-normalises, and its maximum sequence length; a plain ``save_pretrained`` folder is
@@ -28,6 +27,7 @@ _DEFAULT_SEQ_LEN = 128
 _ST_NORMALIZE = "sentence_transformers.models.Normalize"
 _ST_POOLING = "sentence_transformers.models.Pooling"
 _TEXT_TYPES = (*SUPPORTED_TEXT_TYPES, *CLIP_TEXT_TYPES)
+_CLIP = "clip"  # a whole CLIPModel: its image side, or with --seq-len its text side
 
 
 def _resolve(name: str) -> Path:
@@ -111,9 +111,10 @@ def load_hf_model(name: str, options: ModelOptions) -> LoadedModel:
     folder = _resolve(name)
     if not (folder / "modules.json").is_file():
         config = AutoConfig.from_pretrained(folder)
-        if config.model_type in SUPPORTED_VISION_TYPES:
+        text_side = config.model_type == _CLIP and options.seq_len is not None
+        if config.model_type in SUPPORTED_VISION_TYPES and not text_side:
             return load_vision_model(name, folder, config, options)
-        if config.model_type not in _TEXT_TYPES:
+        if config.model_type not in _TEXT_TYPES and not text_side:
             supported = ", ".join((*_TEXT_TYPES, *SUPPORTED_VISION_TYPES))
             raise UsageError(
                 f"{name}: model type {config.model_type!r} is not supported; supported Hugging "
@@ -124,9 +125,12 @@ def load_hf_model(name: str, options: ModelOptions) -> LoadedModel:
 
 def _clip_text(folder: Path, config: Any, seq_len: int) -> ClipTextEncoder:
     """The CLIP text tower in ``folder``, with its projection when it was saved with one."""
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPModel, CLIPTextModel, CLIPTextModelWithProjection
 
-    if "CLIPTextModelWithProjection" in (config.architectures or ()):
+    if config.model_type == _CLIP:
+        model = CLIPModel.from_pretrained(folder, attn_implementation="eager")
+        backbone, projection = model.text_model, model.text_projection
+    elif "CLIPTextModelWithProjection" in (config.architectures or ()):
         model = CLIPTextModelWithProjection.from_pretrained(folder, attn_implementation="eager")
         backbone, projection = model.text_model, model.text_projection
     else:
@@ -145,22 +149,23 @@ def _load_text(name: str, folder: Path, options: ModelOptions) -> LoadedModel:
     if (folder / "modules.json").is_file():
         folder, pooling, normalize, max_len = _sentence_transformers(folder)
     config = AutoConfig.from_pretrained(folder)
-    if config.model_type not in _TEXT_TYPES:
+    text_config = config.text_config if config.model_type == _CLIP else config
+    if config.model_type not in (*_TEXT_TYPES, _CLIP):
         raise UsageError(
             f"{name}: model type {config.model_type!r} is not supported; supported Hugging Face "
             f"text model types: {', '.join(_TEXT_TYPES)}"
         )
-    limit = min(v for v in (max_len, config.max_position_embeddings) if v is not None)
+    limit = min(v for v in (max_len, text_config.max_position_embeddings) if v is not None)
     seq_len = options.seq_len or min(_DEFAULT_SEQ_LEN, limit)
     if not 2 <= seq_len <= limit:
         raise UsageError(f"--seq-len {seq_len} is out of range; use 2..{limit} for {name}")
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    if config.model_type in CLIP_TEXT_TYPES:
+    if config.model_type in (*CLIP_TEXT_TYPES, _CLIP):
         encoder, pooling = _clip_text(folder, config, seq_len), "eos"
     else:
         backbone = AutoModel.from_pretrained(folder, attn_implementation="eager")
         encoder = TextEncoder(backbone.eval(), pooling, normalize, seq_len).eval()
-    example = _example(encoder, options, config)
+    example = _example(encoder, options, text_config)
     dynamic = {name: {0: "batch"} for name in example} if options.batch is None else {}
     preprocess = {
         "tokenizer": "tokenizer",
