@@ -59,16 +59,22 @@ TEXT_WORDS = [
 def tiny_text_folder(
     path: Path, model_type: str = "bert", sentence_transformers: bool = True, pooling: str = "mean"
 ) -> Path:
-    """A random 2-layer BERT-family encoder saved as a (sentence-transformers) folder."""
+    """A random 2-layer BERT-family encoder saved as a (sentence-transformers) folder.
+
+    MPNet pads with id 1 (its position ids skip that id), so its specials are ordered as
+    MPNet's own vocabulary orders them."""
     import json
 
     from transformers import AutoConfig, AutoModel, BertTokenizerFast
 
     torch.manual_seed(0)
     path.mkdir(parents=True)
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TEXT_WORDS]
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    if model_type == "mpnet":
+        specials = ["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"]
+    words = [*specials, *TEXT_WORDS]
     tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, model_max_length=64)
-    assert tokenizer("the cat")["input_ids"] == [2, 5, 7, 3]
+    assert tokenizer("the cat")["input_ids"][1:] == [5, 7, words.index("[SEP]")]
     config = AutoConfig.for_model(
         model_type,
         vocab_size=tokenizer.vocab_size,
@@ -78,9 +84,12 @@ def tiny_text_folder(
         intermediate_size=64,
         max_position_embeddings=70,
         type_vocab_size=2 if model_type == "bert" else 1,
-        pad_token_id=0,
+        pad_token_id=words.index("[PAD]"),
     )
-    AutoModel.from_config(config).save_pretrained(path)
+    model = AutoModel.from_config(config)
+    if model_type == "mpnet":  # a bias as large as trained ones, so that positions matter
+        torch.nn.init.normal_(model.encoder.relative_attention_bias.weight, std=2.0)
+    model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     if sentence_transformers:
         modules = [
@@ -111,4 +120,39 @@ def tiny_text_folder(
             )
         )
         (path / "2_Normalize").mkdir()
+    return path
+
+
+def tiny_clip_text_folder(
+    path: Path, legacy_eos: bool = False, architecture: str = "CLIPTextModelWithProjection"
+) -> Path:
+    """A random 2-layer CLIP text tower (alone, with projection, or in a whole ``CLIPModel``
+    with a tiny image side) saved with its tokenizer. [SEP] ends each text and has the largest
+    id, so both of transformers' pooling rules find it: the legacy one (config eos_token_id 2:
+    the largest id) and the newer one (the first eos_token_id)."""
+    import transformers
+    from transformers import BertTokenizerFast, CLIPConfig, CLIPTextConfig
+
+    torch.manual_seed(0)
+    path.mkdir(parents=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[MASK]", *TEXT_WORDS, "[SEP]"]
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, model_max_length=64)
+    config = CLIPTextConfig(
+        vocab_size=len(words),
+        hidden_size=32,
+        intermediate_size=64,
+        projection_dim=24,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=2 if legacy_eos else len(words) - 1,
+    )
+    if architecture == "CLIPModel":
+        vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
+        vision |= {"num_attention_heads": 2, "image_size": 32, "patch_size": 16}
+        config = CLIPConfig(text_config=config.to_dict(), vision_config=vision, projection_dim=24)
+    getattr(transformers, architecture)(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return path

@@ -37,7 +37,8 @@ def _tokens(bundle: Path, sentences: list[str]) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize(
-    ("model_type", "pooling"), [("bert", "mean"), ("roberta", "cls"), ("bert", "cls")]
+    ("model_type", "pooling"),
+    [("bert", "mean"), ("roberta", "cls"), ("bert", "cls"), ("mpnet", "mean")],
 )
 def test_unreduced_export_equals_sentence_transformers(
     tmp_path: Path, model_type: str, pooling: str
@@ -74,9 +75,13 @@ def test_plain_folder_is_mean_pooled_like_transformers(tmp_path: Path) -> None:
     assert np.abs(got - want).max() <= VERIFY_ATOL
 
 
-@pytest.mark.parametrize("metric", ["hidden", "keys"])
-def test_reduced_export_matches_torch_with_padding(tmp_path: Path, metric: str) -> None:
-    folder = tiny_text_folder(tmp_path / "st")
+@pytest.mark.parametrize(
+    ("model_type", "metric"), [("bert", "hidden"), ("bert", "keys"), ("mpnet", "hidden")]
+)
+def test_reduced_export_matches_torch_with_padding(
+    tmp_path: Path, model_type: str, metric: str
+) -> None:
+    folder = tiny_text_folder(tmp_path / "st", model_type)
     bundle = tmp_path / "bundle"
     manifest = export_bundle(
         ExportRequest(
@@ -101,7 +106,8 @@ def _encoder_and_reduced(folder: Path, r: int):
     adapter = adapter_for(loaded.model)
     geometry = ModelGeometry.of(adapter, loaded.model)
     method = get_method("tome")
-    plan = method.plan(parse_params("tome", method.params_type, {"r": r}), geometry)
+    params = parse_params("tome", method.params_type, {"r": r})
+    plan = method.plan(params, geometry)
     return loaded.model, adapter.insert(loaded.model, plan.reducer)
 
 
@@ -119,10 +125,12 @@ def _ids(words: list[str], tokenizer_folder: Path) -> tuple[torch.Tensor, torch.
     return encoded["input_ids"], encoded["attention_mask"]
 
 
-def test_padding_absorbs_merges_before_real_tokens(tmp_path: Path) -> None:
+@pytest.mark.parametrize("model_type", ["bert", "mpnet"])
+def test_padding_absorbs_merges_before_real_tokens(tmp_path: Path, model_type: str) -> None:
     """A short text with more padding than merges comes out exactly as from the full model:
-    padding was merged with padding only, and no real token was touched."""
-    folder = tiny_text_folder(tmp_path / "st")
+    padding was merged with padding only, and no real token was touched (for MPNet: nor its
+    position, though merging reorders the tokens)."""
+    folder = tiny_text_folder(tmp_path / "st", model_type)
     full, reduced = _encoder_and_reduced(folder, r=2)
     ids, mask = _ids(TEXT_WORDS[:3], folder)  # 5 real tokens, 11 padding
     with torch.no_grad():
@@ -158,6 +166,53 @@ def test_padding_is_never_merged_into_real_tokens(tmp_path: Path) -> None:
     assert int(carried[-1].sum()) < 11  # real tokens were merged too, with each other
 
 
+def _carried_positions(reduced, ids, mask) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(positions, sizes) each reducing layer hands on, spied from the reducer's output."""
+    carried = []
+    reducer = reduced.reducer
+
+    def spy(layer, x, state, taps):
+        out, new_state = reducer(layer, x, state, taps)
+        carried.append((out[..., -2], new_state.sizes_or_ones(out).squeeze(-1)))
+        return out, new_state
+
+    spy.proportional_attention = reducer.proportional_attention
+    reduced.reducer = spy
+    with torch.no_grad():
+        reduced(ids, mask)
+    reduced.reducer = reducer
+    return carried
+
+
+def test_mpnet_positions_are_size_weighted_means_and_drive_the_bias(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Merged MPNet tokens sit at the mean position of what they stand for, and the relative
+    position bias is recomputed from those positions: the bias of the tokens' new indices (what
+    transformers would compute for the shorter sequence) gives a different embedding."""
+    import trimformer.models.hf_text as hf_text
+
+    folder = tiny_text_folder(tmp_path / "st", "mpnet")
+    _, reduced = _encoder_and_reduced(folder, r=4)
+    ids, mask = _ids(TEXT_WORDS * 2, folder)
+    assert mask.all()
+    carried = _carried_positions(reduced, ids, mask)
+    for positions, sizes in carried:
+        # Size-weighted means keep the total of the original positions 0..15.
+        assert torch.allclose((positions * sizes).sum(), torch.tensor(SEQ_LEN * (SEQ_LEN - 1) / 2))
+    assert (carried[-1][0] != carried[-1][0].round()).any()  # some tokens were merged
+    with torch.no_grad():
+        got = reduced(ids, mask)
+        shortened = hf_text._position_bias
+        monkeypatch.setattr(
+            hf_text,
+            "_position_bias",
+            lambda encoder, p: shortened(encoder, torch.arange(p.shape[1]).view(1, -1, 1).float()),
+        )
+        stale = reduced(ids, mask)
+    assert not torch.allclose(got, stale, atol=1e-3)
+
+
 def test_unsupported_method_and_bad_options_name_the_fix(tmp_path: Path) -> None:
     folder = tiny_text_folder(tmp_path / "st")
     with pytest.raises(UsageError, match="hf-text models support tome, group_merge, not evit"):
@@ -180,7 +235,7 @@ def test_unsupported_architecture_lists_supported_ones(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["export", str(folder), "-o", str(tmp_path / "b")])
     assert isinstance(result.exception, UsageError)
     assert "model type 'gpt2' is not supported" in str(result.exception)
-    assert "bert, roberta" in str(result.exception)
+    assert "bert, roberta, xlm-roberta, mpnet, clip_text_model" in str(result.exception)
 
 
 def test_export_cli_with_seq_len_and_set(tmp_path: Path) -> None:
@@ -202,6 +257,7 @@ def test_every_registered_adapter_has_an_export_test() -> None:
     tested = {
         "timm-vit": "test_adapter_timm.py",
         "hf-text": "test_adapter_hf_text.py",
+        "hf-clip-text": "test_adapter_hf_clip_text.py",
         "hf-vit": "test_adapter_hf_vision.py",
         "hf-deit": "test_adapter_hf_vision.py",
         "hf-clip": "test_adapter_hf_vision.py",

@@ -133,7 +133,10 @@ def test_unsupported_types_and_architectures_list_supported_ones(tmp_path: Path)
     assert isinstance(result.exception, UsageError)
     message = str(result.exception)
     assert "model type 'swin' is not supported" in message
-    assert "bert, roberta, xlm-roberta, vit, deit, clip, clip_vision_model, siglip" in message
+    assert (
+        "bert, roberta, xlm-roberta, mpnet, clip_text_model, vit, deit, clip, clip_vision_model"
+        in message
+    )
     assert "dinov2, dinov2_with_registers, llava" in message
     config = ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=16)
     ViTForMaskedImageModeling(config).save_pretrained(tmp_path / "m")

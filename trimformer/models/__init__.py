@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from trimformer.models import hf_clip_text as _hf_clip_text  # noqa: F401  (registers the adapter)
 from trimformer.models import hf_llava as _hf_llava  # noqa: F401  (registers the adapter)
 from trimformer.models import hf_text as _hf_text  # noqa: F401  (registers the adapter)
 from trimformer.models import hf_vision as _hf_vision  # noqa: F401  (registers the adapters)

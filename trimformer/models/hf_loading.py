@@ -1,5 +1,5 @@
-"""Load Hugging Face models from ``hf:ORG/NAME`` or a local folder: text encoders here, vision
-models in hf_vision_loading (routed by the config's ``model_type``).
+"""Load Hugging Face models from ``hf:ORG/NAME`` or a local folder: text encoders (BERT family,
+MPNet, CLIP text towers) here, vision models in hf_vision_loading (routed by ``model_type``).
 
 A sentence-transformers folder (``modules.json``) declares its pooling (``1_Pooling/config.json``),
 whether it L2-normalises, and its maximum sequence length; a plain ``save_pretrained`` folder is
@@ -17,6 +17,7 @@ import torch
 
 from trimformer.errors import UsageError
 from trimformer.models.base import GraphIO
+from trimformer.models.hf_clip_text import CLIP_TEXT_TYPES, ClipTextEncoder
 from trimformer.models.hf_text import SUPPORTED_TEXT_TYPES, TextEncoder
 from trimformer.models.loading import LoadedModel, ModelOptions
 
@@ -25,6 +26,8 @@ __all__ = ["load_hf_model"]
 _DEFAULT_SEQ_LEN = 128
 _ST_NORMALIZE = "sentence_transformers.models.Normalize"
 _ST_POOLING = "sentence_transformers.models.Pooling"
+_TEXT_TYPES = (*SUPPORTED_TEXT_TYPES, *CLIP_TEXT_TYPES)
+_CLIP = "clip"  # a whole CLIPModel: its image side, or with --seq-len its text side
 
 
 def _resolve(name: str) -> Path:
@@ -77,12 +80,17 @@ def _sentence_transformers(folder: Path) -> tuple[Path, str, bool, int | None]:
     return transformer, pooling, _ST_NORMALIZE in types, max_len
 
 
-def _example(encoder: TextEncoder, options: ModelOptions, vocab: int) -> dict[str, torch.Tensor]:
-    """Token ids with mixed lengths (full, then about half padded), so padding is exercised."""
+def _example(
+    encoder: TextEncoder | ClipTextEncoder, options: ModelOptions, config: Any
+) -> dict[str, torch.Tensor]:
+    """Token ids with mixed lengths (full, then about half padded), so padding is exercised;
+    each text ends with the model's end-of-text id."""
     batch, seq = options.example_batch, encoder.seq_len
     lengths = torch.tensor([seq if i % 2 == 0 else seq // 2 + 1 for i in range(batch)])
     mask = (torch.arange(seq)[None] < lengths[:, None]).long()
-    ids = torch.randint(0, vocab, (batch, seq)) * mask
+    ids = torch.randint(0, config.vocab_size, (batch, seq)) * mask
+    if isinstance(getattr(config, "eos_token_id", None), int):
+        ids[torch.arange(batch), lengths - 1] = config.eos_token_id
     example = {"input_ids": ids, "attention_mask": mask}
     if encoder.uses_token_types:
         example["token_type_ids"] = torch.zeros_like(ids)
@@ -103,15 +111,32 @@ def load_hf_model(name: str, options: ModelOptions) -> LoadedModel:
     folder = _resolve(name)
     if not (folder / "modules.json").is_file():
         config = AutoConfig.from_pretrained(folder)
-        if config.model_type in SUPPORTED_VISION_TYPES:
+        text_side = config.model_type == _CLIP and options.seq_len is not None
+        if config.model_type in SUPPORTED_VISION_TYPES and not text_side:
             return load_vision_model(name, folder, config, options)
-        if config.model_type not in SUPPORTED_TEXT_TYPES:
-            supported = ", ".join((*SUPPORTED_TEXT_TYPES, *SUPPORTED_VISION_TYPES))
+        if config.model_type not in _TEXT_TYPES and not text_side:
+            supported = ", ".join((*_TEXT_TYPES, *SUPPORTED_VISION_TYPES))
             raise UsageError(
                 f"{name}: model type {config.model_type!r} is not supported; supported Hugging "
                 f"Face model types: {supported}"
             )
     return _load_text(name, folder, options)
+
+
+def _clip_text(folder: Path, config: Any, seq_len: int) -> ClipTextEncoder:
+    """The CLIP text tower in ``folder``, with its projection when it was saved with one."""
+    from transformers import CLIPModel, CLIPTextModel, CLIPTextModelWithProjection
+
+    if config.model_type == _CLIP:
+        model = CLIPModel.from_pretrained(folder, attn_implementation="eager")
+        backbone, projection = model.text_model, model.text_projection
+    elif "CLIPTextModelWithProjection" in (config.architectures or ()):
+        model = CLIPTextModelWithProjection.from_pretrained(folder, attn_implementation="eager")
+        backbone, projection = model.text_model, model.text_projection
+    else:
+        backbone = CLIPTextModel.from_pretrained(folder, attn_implementation="eager")
+        projection = None
+    return ClipTextEncoder(backbone.eval(), projection, seq_len).eval()
 
 
 def _load_text(name: str, folder: Path, options: ModelOptions) -> LoadedModel:
@@ -124,19 +149,23 @@ def _load_text(name: str, folder: Path, options: ModelOptions) -> LoadedModel:
     if (folder / "modules.json").is_file():
         folder, pooling, normalize, max_len = _sentence_transformers(folder)
     config = AutoConfig.from_pretrained(folder)
-    if config.model_type not in SUPPORTED_TEXT_TYPES:
+    text_config = config.text_config if config.model_type == _CLIP else config
+    if config.model_type not in (*_TEXT_TYPES, _CLIP):
         raise UsageError(
             f"{name}: model type {config.model_type!r} is not supported; supported Hugging Face "
-            f"text model types: {', '.join(SUPPORTED_TEXT_TYPES)}"
+            f"text model types: {', '.join(_TEXT_TYPES)}"
         )
-    limit = min(v for v in (max_len, config.max_position_embeddings) if v is not None)
+    limit = min(v for v in (max_len, text_config.max_position_embeddings) if v is not None)
     seq_len = options.seq_len or min(_DEFAULT_SEQ_LEN, limit)
     if not 2 <= seq_len <= limit:
         raise UsageError(f"--seq-len {seq_len} is out of range; use 2..{limit} for {name}")
-    backbone = AutoModel.from_pretrained(folder, attn_implementation="eager")
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    encoder = TextEncoder(backbone.eval(), pooling, normalize, seq_len).eval()
-    example = _example(encoder, options, config.vocab_size)
+    if config.model_type in (*CLIP_TEXT_TYPES, _CLIP):
+        encoder, pooling = _clip_text(folder, config, seq_len), "eos"
+    else:
+        backbone = AutoModel.from_pretrained(folder, attn_implementation="eager")
+        encoder = TextEncoder(backbone.eval(), pooling, normalize, seq_len).eval()
+    example = _example(encoder, options, text_config)
     dynamic = {name: {0: "batch"} for name in example} if options.batch is None else {}
     preprocess = {
         "tokenizer": "tokenizer",

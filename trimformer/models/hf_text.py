@@ -1,4 +1,4 @@
-"""Adapter for Hugging Face BERT-family text encoders (BERT, MiniLM, RoBERTa) with pooling.
+"""Adapter for Hugging Face BERT-family text encoders (BERT, MiniLM, RoBERTa, MPNet) with pooling.
 
 The exported module is ``TextEncoder``: the transformers model and its sentence pooling (mean or
 CLS, optionally L2-normalised, as a sentence-transformers folder declares), mapping
@@ -13,6 +13,14 @@ additive attention mask of later layers (-max for padding, as transformers' own 
 the weight of mean pooling, which is size-weighted so that a merged token counts for all the
 tokens it stands for. Matching features set padding apart (AttentionTaps.matching_metric), so
 padding merges with padding and real tokens with real ones.
+
+MPNet adds to every layer's logits a bias looked up from the bucketed relative position of each
+key to each query (transformers computes it once, from token indices 0..N-1). Reduction moves and
+merges tokens, so each token's position rides along as one more channel too: a merged token sits
+at the size-weighted mean of its members' positions, a kept one keeps its own. Each layer's bias
+is recomputed from the carried positions, bucketing the relative position rounded to the nearest
+integer (the buckets are defined on integers; rounding the difference rather than each position
+keeps a pair's distance as close as it can be to the mean distance of the members).
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from trimformer.models.base import (
 
 __all__ = ["SUPPORTED_TEXT_TYPES", "HFTextAdapter", "TextEncoder"]
 
-SUPPORTED_TEXT_TYPES = ("bert", "roberta", "xlm-roberta")
+SUPPORTED_TEXT_TYPES = ("bert", "roberta", "xlm-roberta", "mpnet")
 _REAL = 0.5  # a token is real when at least half of what it stands for is real
 
 
@@ -55,6 +63,18 @@ def _attention_bias(mask: torch.Tensor, sizes: torch.Tensor | None) -> torch.Ten
     return bias
 
 
+def _position_bias(encoder: nn.Module, positions: torch.Tensor) -> torch.Tensor:
+    """MPNet's relative position bias [B,H,N,N] for carried token positions [B,N,1]."""
+    relative = (positions.transpose(1, 2) - positions).round().long()  # key minus query
+    buckets = encoder.relative_position_bucket(relative)  # transformers' own default buckets
+    return encoder.relative_attention_bias(buckets).permute(0, 3, 1, 2)
+
+
+def _projections(layer: nn.Module) -> nn.Module:
+    """The module holding a layer's query/key projections (BERT's ``self``, MPNet's ``attn``)."""
+    return layer.attention.attn if hasattr(layer.attention, "attn") else layer.attention.self
+
+
 class TextEncoder(nn.Module):
     """A transformers text encoder and its sentence pooling, exported as one graph."""
 
@@ -66,7 +86,8 @@ class TextEncoder(nn.Module):
         self.pooling = pooling
         self.normalize = normalize
         self.seq_len = seq_len
-        self.uses_token_types = backbone.config.type_vocab_size > 1
+        self.uses_token_types = getattr(backbone.config, "type_vocab_size", 1) > 1
+        self.relative = hasattr(backbone.encoder, "relative_attention_bias")  # MPNet
         self.reducer: Reducer | None = None
 
     @property
@@ -103,24 +124,35 @@ class TextEncoder(nn.Module):
         assert self.reducer is not None
         x = self.backbone.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         mask = attention_mask.unsqueeze(-1).to(x.dtype)
+        positions = torch.arange(x.shape[1], dtype=x.dtype, device=x.device)
+        positions = positions.view(1, -1, 1).expand(x.shape[0], -1, -1)
         state = TokenState()
         for layer_index, layer in enumerate(self.backbone.encoder.layer):
             sizes = state.sizes if self.reducer.proportional_attention else None
             bias = _attention_bias(mask, sizes)
-            attention = layer.attention
-            x = attention(x, attention_mask=bias)[0]
-            heads = attention.self.num_attention_heads
+            projections = _projections(layer)
+            heads = projections.num_attention_heads
+            if self.relative:
+                position_bias = _position_bias(self.backbone.encoder, positions)
+                x = layer.attention(x, attention_mask=bias, position_bias=position_bias)[0]
+                scale, logits_bias = projections.attention_head_size**-0.5, bias + position_bias
+                queries, keys = projections.q, projections.k
+            else:
+                x = layer.attention(x, attention_mask=bias)[0]
+                scale, logits_bias = projections.scaling, bias
+                queries, keys = projections.query, projections.key
             taps = AttentionTaps(
-                _heads(attention.self.query, heads),
-                _heads(attention.self.key, heads),
-                attention.self.scaling,
-                bias,
+                _heads(queries, heads),
+                _heads(keys, heads),
+                scale,
+                logits_bias,
                 hidden=x,
                 token_mask=(mask.squeeze(-1) >= _REAL).to(x.dtype),
             )
-            carried, state = self.reducer(layer_index, torch.cat([x, mask], -1), state, taps)
-            x, mask = carried[..., :-1], carried[..., -1:]
-            x = layer.feed_forward_chunk(x)
+            extra = [positions, mask] if self.relative else [mask]
+            carried, state = self.reducer(layer_index, torch.cat([x, *extra], -1), state, taps)
+            x, positions, mask = carried[..., : x.shape[-1]], carried[..., -2:-1], carried[..., -1:]
+            x = layer.output(layer.intermediate(x), x)  # both families' feed-forward
         return x, state.sizes_or_ones(x) * mask
 
 
@@ -156,9 +188,11 @@ class HFTextAdapter:
         """A copy of ``model`` that reduces; the original is left untouched."""
         reduced = copy.deepcopy(model)
         for layer in reduced.backbone.encoder.layer:
-            attention = layer.attention.self
-            attention.query = Tap(attention.query)
-            attention.key = Tap(attention.key)
+            projections = _projections(layer)
+            if model.relative:
+                projections.q, projections.k = Tap(projections.q), Tap(projections.k)
+            else:
+                projections.query, projections.key = Tap(projections.query), Tap(projections.key)
         reduced.reducer = reducer
         return reduced
 
