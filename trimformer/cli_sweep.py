@@ -61,6 +61,12 @@ def _param_names(method: str) -> set[str]:
     return {f.name for f in dataclasses.fields(params_type)}
 
 
+def _short(model: str) -> str:
+    """A model folder's last two path parts (pkg/model), or the name as given."""
+    path = Path(model)
+    return "/".join(path.resolve().parts[-2:]) if path.is_dir() else model
+
+
 def _progress() -> Any:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -167,7 +173,7 @@ def sweep_command(
             Path(work),
             on_point=lambda p: bar.update(task, advance=1, description=f"measured {p.label}"),
         )
-    title = f"{model} on {data}, batch {batch}, ONNX Runtime"
+    title = f"{_short(model)} on {data}, batch {batch}, ONNX Runtime"
     json_path, png_path = write_sweep(points, title, output)
     front = {p.label for p in pareto_front(points)}
     Console().print(_table(points, title, front))
@@ -251,7 +257,7 @@ def tune_command(
         )
     console = Console()
     scored = [p for p in points if p.metric]
-    title = f"{model} on {profile.name}, budget {budget.describe()}"
+    title = f"{_short(model)} on {profile.name}, budget {budget.describe()}"
     console.print(f"timed {len(points)} configs, scored {len(scored)}")
     if scored:
         console.print(_table(scored, title, {best.label} if best else set()))
