@@ -230,16 +230,21 @@ class Session:
         return graph
 
     def _check_same_io(self) -> tuple[TensorSpec, ...]:
-        """Every config is the same model: the same outputs, and an input of one name is the
-        same tensor in every graph that takes it. A method may add inputs of its own (ToDRE's
-        query, group_merge's group ids), so graphs may take more inputs than others. Returns
-        every input any config takes, in order of first appearance.
+        """Every config is the same model: the same outputs (names, dtypes and ranks: a token
+        output such as LLaVA's image features is shorter where tokens were removed), and an
+        input of one name is the same tensor in every graph that takes it. A method may add
+        inputs of its own (ToDRE's query, group_merge's group ids), so graphs may take more
+        inputs than others. Returns every input any config takes, in order of first appearance.
         """
         graphs = list(self._graphs.values())
         union: dict[str, TensorSpec] = {}
+
+        def kinds(outputs: tuple[TensorSpec, ...]) -> list[tuple[str, str, int]]:
+            return [(o.name, o.dtype, len(o.shape)) for o in outputs]
+
         for graph in graphs:
             clash = any(union.get(spec.name, spec) != spec for spec in graph.inputs)
-            if clash or graph.outputs != graphs[0].outputs:
+            if clash or kinds(graph.outputs) != kinds(graphs[0].outputs):
                 raise UsageError(
                     f"{self._bundle}: graphs {graphs[0].name!r} and {graph.name!r} declare "
                     "different inputs or outputs; re-export the bundle"
@@ -450,7 +455,7 @@ class Session:
             raise RuntimeFailure(
                 f"onnxruntime failed running {graph.file}: {_first_line(exc)}"
             ) from None
-        return {spec.name: value for spec, value in zip(self.outputs, results, strict=True)}
+        return {spec.name: value for spec, value in zip(graph.outputs, results, strict=True)}
 
 
 def _describe(specs: Sequence[TensorSpec]) -> str:
