@@ -49,35 +49,36 @@ def pareto_front(points: Sequence[Point]) -> list[Point]:
     return sorted(front, key=lambda p: -p.speedup)
 
 
-def plot_sweep(points: Sequence[Point], title: str, path: Path) -> None:
-    """Speed-up (x) against the metric (y), one line per method, the Pareto front circled."""
+def plot_sweep(points: Sequence[Point], title: str, path: Path, x: str = "speedup") -> None:
+    """The metric (y) against the measured speed-up, or the FLOPs ratio with ``x="flops"``: one
+    line per method in its sweep order (mildest first), the Pareto front circled."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def xs(ps: Sequence[Point]) -> list[float]:
+        return [p.speedup if x == "speedup" else p.flops_ratio for p in ps]
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method in dict.fromkeys(p.label.split()[0] for p in points):
-        mine = sorted((p for p in points if p.label.split()[0] == method), key=lambda p: p.speedup)
-        ax.plot([p.speedup for p in mine], [p.value for p in mine], "-o", label=method)
-        for p in mine:
-            ax.annotate(
-                p.label.split(" ", 1)[1],
-                (p.speedup, p.value),
-                fontsize=7,
-                textcoords="offset points",
-                xytext=(3, 3),
-            )
-    front = pareto_front(points)
-    ax.scatter(
-        [p.speedup for p in front],
-        [p.value for p in front],
-        s=160,
-        facecolors="none",
-        edgecolors="black",
-        label="Pareto front",
-    )
-    ax.set_xlabel("measured speed-up vs the full model (x)")
+        mine = [p for p in points if p.label.split()[0] == method]
+        ax.plot(xs(mine), [p.value for p in mine], "-o", label=method)
+        for p, px in zip(mine, xs(mine), strict=True):
+            label = p.label.split(" ", 1)[1]
+            ax.annotate(label, (px, p.value), fontsize=7, textcoords="offset points", xytext=(3, 3))
+    front = pareto_front(points) if x == "speedup" else []
+    if front:
+        ax.scatter(
+            xs(front),
+            [p.value for p in front],
+            s=160,
+            facecolors="none",
+            edgecolors="black",
+            label="Pareto front",
+        )
+    speed = "measured speed-up vs the full model (x)"
+    ax.set_xlabel(speed if x == "speedup" else "FLOPs ratio (full / reduced)")
     ax.set_ylabel(points[0].metric if points else "metric")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
