@@ -111,7 +111,7 @@ def _table(points: list[Any], title: str, marked: set[str]) -> Any:
     "sets",
     multiple=True,
     metavar="KEY=VALUE",
-    help="A param fixed at every point of every method (e.g. --set layers=[1,2]).",
+    help="A param fixed at every point of the methods that take it (e.g. --set layers=[1,2]).",
 )
 @click.option(
     "-o",
