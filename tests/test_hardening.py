@@ -131,7 +131,7 @@ _LOADER = textwrap.dedent(
     """
     import json, sys
     import numpy as np
-    from trimformer.errors import UsageError
+    from trimformer.errors import TrimformerError, UsageError
     from trimformer.runtime import load
     outcomes = []
     for path in sys.argv[1:]:
@@ -140,9 +140,10 @@ _LOADER = textwrap.dedent(
                 shape = [2 if isinstance(d, str) else d for d in session.inputs[0].shape]
                 session.run(np.zeros(shape, dtype=np.float32))
             outcomes.append("ok")
-        except UsageError as exc:
+        except TrimformerError as exc:  # a damaged graph may also fail cleanly when it runs
             assert "\\n" not in str(exc), str(exc)
-            outcomes.append("usage: " + str(exc))
+            kind = "usage" if isinstance(exc, UsageError) else "failure"
+            outcomes.append(kind + ": " + str(exc))
     print(json.dumps(outcomes))
     """
 )
