@@ -29,6 +29,7 @@ from trimformer.runtime.trt_bank import (
     weight_flags,
 )
 from trimformer.runtime.trt_build import (
+    PluginChoice,
     build_engines,
     build_settings,
     engine_files,
@@ -89,7 +90,7 @@ def test_engine_paths_and_records_of_a_config(tmp_path: Path):
     settings = build_settings(profile("desktop-rtx"), TRT10)
     graph = {"file": "cfg-fast.onnx", "inputs": [], "outputs": []}
     job = BankEngine("fast", "cfg-fast", "cfg-fast.onnx", True)
-    record = engine_record(settings, GPU, graph, "library", None, job)
+    record = engine_record(settings, GPU, graph, PluginChoice("library"), None, job)
     assert record["plan"] == "engines/desktop-rtx/fast.plan"
     assert (record["config"], record["graph"], record["weights"]) == (
         "fast",
@@ -97,7 +98,7 @@ def test_engine_paths_and_records_of_a_config(tmp_path: Path):
         "stripped",
     )
     assert record["refit"] == list(REFIT_STEPS)
-    whole = engine_record(settings, GPU, graph, "library")
+    whole = engine_record(settings, GPU, graph, PluginChoice("library"))
     assert (whole["config"], whole["weights"], whole["refit"]) == (None, "embedded", [])
 
 
@@ -226,7 +227,9 @@ def _write(bundle: Path, config: str | None, version: TrtVersion, gpu: GpuIdenti
     graph_name = BANK.get(config or "tome-r4", "model")
     graph = manifest["graphs"][graph_name]
     job = None if config is None else BankEngine(config, graph_name, graph["file"], True)
-    write_engine(bundle, b"PLAN", engine_record(settings, gpu, graph, "library", None, job))
+    write_engine(
+        bundle, b"PLAN", engine_record(settings, gpu, graph, PluginChoice("library"), None, job)
+    )
 
 
 def _machine(monkeypatch: pytest.MonkeyPatch, version: str) -> None:
@@ -276,7 +279,9 @@ def test_session_refuses_engines_with_different_io(tmp_path: Path, monkeypatch):
     settings = build_settings(profile("desktop-rtx"), TRT10)
     graph = {"file": "cfg-fast.onnx", "inputs": [], "outputs": []}
     job = BankEngine("fast", "cfg-fast", "cfg-fast.onnx", True)
-    write_engine(bundle, b"PLAN", engine_record(settings, GPU, graph, "library", None, job))
+    write_engine(
+        bundle, b"PLAN", engine_record(settings, GPU, graph, PluginChoice("library"), None, job)
+    )
     _machine(monkeypatch, "10.3.0.26")
     with pytest.raises(UsageError, match="configs 'tome-r4' and 'fast' declare different inputs"):
         trt_session.TrtSession(bundle, "desktop-rtx")

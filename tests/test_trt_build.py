@@ -21,6 +21,7 @@ from trimformer.profiles.device_profiles import BatchRange
 from trimformer.runtime import trt_build, trt_env
 from trimformer.runtime.session import TensorSpec
 from trimformer.runtime.trt_build import (
+    PluginChoice,
     add_engine_to_manifest,
     build_engine,
     build_settings,
@@ -122,7 +123,7 @@ def test_quantize_nodes_are_detected():
 def _record(**changes: Any) -> dict[str, Any]:
     settings = build_settings(profile(), TRT10)
     graph = {"inputs": [], "outputs": []}
-    return {**engine_record(settings, GPU, graph, "library", "MAXN"), **changes}
+    return {**engine_record(settings, GPU, graph, PluginChoice("library"), "MAXN"), **changes}
 
 
 def test_engine_record_names_version_gpu_and_settings():

@@ -14,6 +14,7 @@ COMPONENTS = (
     "onnxruntime TensorRT EP",
     "TensorRT (Python)",
     "TensorRT Python plugins (QDP)",
+    "Triton (AOT plugin kernels)",
     "CUDA toolkit (nvcc)",
     "NVIDIA GPU",
     "plugin library",

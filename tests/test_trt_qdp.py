@@ -89,8 +89,9 @@ class ShapeExprs(list):
 
 
 class TensorDesc:
-    def __init__(self, *dims: int | None) -> None:
+    def __init__(self, *dims: int | None, dtype: str = "float32") -> None:
         self.shape_expr = ShapeExprs(ShapeExpr(d) for d in dims)
+        self.dtype = dtype
 
     def like(self) -> TensorDesc:
         return TensorDesc(*(e.value for e in self.shape_expr))
@@ -98,6 +99,22 @@ class TensorDesc:
     @property
     def dims(self) -> tuple[int | None, ...]:
         return tuple(e.value for e in self.shape_expr)
+
+
+class KernelLaunchParams:
+    grid_x: Any = 1
+    block_x: int = 1
+    shared_mem: int = 0
+
+
+class SymInt32:
+    def __init__(self, expr: Any) -> None:
+        self.expr = expr
+
+
+class SymIntExprs(list):
+    def __init__(self, count: int) -> None:
+        super().__init__([None] * count)
 
 
 def fake_trtp() -> SimpleNamespace:
@@ -129,6 +146,18 @@ def fake_trtp() -> SimpleNamespace:
 
         return decorate
 
+    def aot_impl(plugin_id: str) -> Any:
+        def decorate(fn: Any) -> Any:
+            plugin = plugins[plugin_id]
+            signature = inspect.signature(fn)
+            assert names(fn) == [*plugin["inputs"], *plugin["attrs"], "outputs", "tactic"]
+            returns = typing.get_args(signature.return_annotation)
+            assert returns[2:] == (KernelLaunchParams, SymIntExprs), "return annotation required"
+            plugin["aot"] = fn
+            return fn
+
+        return decorate
+
     def autotune(plugin_id: str) -> Any:
         def decorate(fn: Any) -> Any:
             assert names(fn) == [*plugins[plugin_id]["inputs"], "outputs"]
@@ -140,7 +169,11 @@ def fake_trtp() -> SimpleNamespace:
     return SimpleNamespace(
         register=register,
         impl=impl,
+        aot_impl=aot_impl,
         autotune=autotune,
+        KernelLaunchParams=KernelLaunchParams,
+        SymInt32=SymInt32,
+        SymIntExprs=SymIntExprs,
         TensorDesc=TensorDesc,
         AutoTuneCombination=lambda types, layouts: (types, layouts),
         plugins=plugins,
@@ -150,11 +183,14 @@ def fake_trtp() -> SimpleNamespace:
 @pytest.fixture
 def trtp(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     fake = fake_trtp()
-    trt = SimpleNamespace(__version__="10.8.0.43", Builder=object, plugin=fake)
+    trt = SimpleNamespace(
+        __version__="10.9.0.34", Builder=object, plugin=fake, float16="float16", float32="float32"
+    )
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setitem(sys.modules, "tensorrt.plugin", fake)
     monkeypatch.setattr(trt_env, "import_tensorrt", lambda: trt)
     monkeypatch.setattr(plugins_qdp, "_registered", [])
+    monkeypatch.setattr(plugins_qdp, "_aot_registered", [])
     return fake
 
 
@@ -191,3 +227,88 @@ def test_old_tensorrt_has_no_qdp(trtp, monkeypatch):
     monkeypatch.setattr(trt_env, "import_tensorrt", lambda: old)
     with pytest.raises(UsageError, match=r"has no tensorrt.plugin \(needs 10.6\+\)"):
         register_qdp_plugins()
+
+
+def test_the_aot_form_compiles_each_layer_s_triton_kernel_for_the_target_gpu(trtp):
+    register_qdp_plugins(aot_capability=87)
+    diverse = trtp.plugins["trimformer::DiverseSelect"]
+    x = TensorDesc(None, 197, 384, dtype="float16")
+    features, size = TensorDesc(None, 197, 384), TensorDesc(None, 197, 1)
+    outputs = diverse["describe"](x, features, size, 98, 1)
+    name, ptx, launch, scalars = diverse["aot"](x, features, size, 98, 1, outputs, 0)
+    assert name == "diverse_select_kernel" and ".target sm_87" in ptx
+    assert ".param .u64 .ptr .global .align 1 diverse_select_kernel_param_0" in ptx
+    assert launch.block_x == 128 and 0 < launch.shared_mem <= 48 * 1024
+    # one program per batch item: the grid and the kernel's int32 scalar are the batch dim
+    assert launch.grid_x.expr is x.shape_expr[0] and scalars[0] is launch.grid_x
+    with pytest.raises(QdpShapeError, match="the channel count must be static"):
+        diverse["aot"](TensorDesc(1, 197, None), features, size, 98, 1, outputs, 0)
+    with pytest.raises(UsageError, match="registered for compute capability 87"):
+        register_qdp_plugins(aot_capability=90)
+
+
+def test_aot_needs_tensorrt_10_9(trtp, monkeypatch):
+    older = SimpleNamespace(__version__="10.8.0.43", Builder=object)
+    monkeypatch.setattr(trt_env, "import_tensorrt", lambda: older)
+    with pytest.raises(UsageError, match=r"no AOT Python plugins \(needs 10.9\+\)"):
+        register_qdp_plugins(aot_capability=87)
+    assert register_qdp_plugins()  # the JIT form still registers
+
+
+def _plugin_graph(tokens: int, channels: int) -> Any:
+    from onnx import TensorProto, helper
+
+    from trimformer.graph_passes.base import PLUGIN_DOMAIN, PLUGIN_NAMESPACE
+
+    def value(name: str, dims: list[Any]) -> Any:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
+
+    node = helper.make_node(
+        "BipartiteMerge",
+        ["x", "metric", "size"],
+        ["x_out", "size_out"],
+        name="merge0",
+        domain=PLUGIN_DOMAIN,
+        plugin_version="1",
+        plugin_namespace=PLUGIN_NAMESPACE,
+        r=tokens // 5,
+        protected=1,
+    )
+    inputs = [
+        value("x", ["batch", tokens, channels]),
+        value("metric", ["batch", tokens, 64]),
+        value("size", ["batch", tokens, 1]),
+    ]
+    outputs = [value("x_out", None), value("size_out", None)]
+    graph = helper.make_graph([node], "g", inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid(PLUGIN_DOMAIN, 1)])
+
+
+def test_aot_blocker_checks_every_plugin_node_before_a_build(tome_bundle):
+    from trimformer.runtime.trt_build import prepared_graph
+
+    model, _ = prepared_graph(tome_bundle, "model.onnx", ("cleanup", "to-plugins"))
+    assert plugins_qdp.aot_blocker(model, 87) is None
+    reason = plugins_qdp.aot_blocker(_plugin_graph(577, 1024), 87)
+    assert reason is not None and "node 'merge0'" in reason and "shared memory" in reason
+    assert "not static" in str(plugins_qdp.aot_blocker(_plugin_graph(577, None), 87))
+
+
+def test_a_build_without_the_library_chooses_aot_only_where_it_fits(trtp, monkeypatch):
+    from trimformer.runtime import trt_build
+
+    def no_library(explicit: Any = None) -> Any:
+        raise UsageError("libtrimformer_plugins.so not found")
+
+    monkeypatch.setattr(trt_env, "find_plugin_library", no_library)
+    flags = SimpleNamespace(PREFER_AOT_PYTHON_PLUGINS=3, PREFER_JIT_PYTHON_PLUGINS=2)
+    trt = sys.modules["tensorrt"]
+    trt.NetworkDefinitionCreationFlag = flags
+    fits, too_big = _plugin_graph(197, 384), _plugin_graph(577, 1024)
+    choice = trt_build.load_plugins(trt, None, None, fits, 87)
+    assert choice == trt_build.PluginChoice("qdp-aot") and choice.network_flags(trt) == 1 << 3
+    assert "aot" in trtp.plugins["trimformer::BipartiteMerge"]
+    choice = trt_build.load_plugins(trt, None, None, too_big, 87)
+    assert choice.source == "qdp" and "shared memory" in str(choice.aot_blocked)
+    assert choice.network_flags(trt) == 1 << 2  # both forms registered: JIT asked for
+    assert trt_build.PluginChoice("library").network_flags(trt) == 0

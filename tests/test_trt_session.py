@@ -13,7 +13,12 @@ from trt_helpers import make_bundle, profile
 from trimformer.errors import UsageError
 from trimformer.runtime import ort_providers, trt_env, trt_session
 from trimformer.runtime.ort_providers import execution_providers
-from trimformer.runtime.trt_build import build_settings, engine_record, write_engine
+from trimformer.runtime.trt_build import (
+    PluginChoice,
+    build_settings,
+    engine_record,
+    write_engine,
+)
 from trimformer.runtime.trt_env import GpuIdentity, TensorRTMissing, TrtVersion
 
 
@@ -32,7 +37,7 @@ def bundle_with_engine(tmp_path: Path) -> Path:
     bundle = make_bundle(tmp_path / "b")
     settings = build_settings(profile("jetson-agx-orin"), TrtVersion(10, 3, 0))
     graph = {"inputs": [], "outputs": []}
-    record = engine_record(settings, GpuIdentity("Orin", "8.7"), graph, "library")
+    record = engine_record(settings, GpuIdentity("Orin", "8.7"), graph, PluginChoice("library"))
     write_engine(bundle, b"PLAN", record)
     return bundle
 

@@ -106,8 +106,20 @@ def _print_result(console: Console, bundle: Path, result: BuildResult, profile: 
         ("batch", "{min}..{max} (opt {opt})".format(**settings["batch"])),
         ("config", record["config"] or "-"),
         ("weights", record["weights"]),
-        ("plugins", record["plugins"]),
+        ("plugins", _plugins_label(record)),
         ("power mode", record["power_mode"] or "-"),
     ):
         table.add_row(key, str(value))
     console.print(table)
+
+
+def _plugins_label(record: dict) -> str:
+    """What provides the plugins, and why not the AOT kernels when the JIT form was used."""
+    blocked = record.get("plugins_aot_blocked")
+    labels = {
+        "library": "libtrimformer_plugins.so",
+        "qdp-aot": "Python plugins, AOT Triton kernels in the engine",
+        "qdp": "Python plugins, JIT (needs trimformer at run time)",
+    }
+    label = labels.get(record["plugins"], record["plugins"])
+    return f"{label}; not AOT: {blocked}" if blocked and record["plugins"] == "qdp" else label

@@ -6,10 +6,16 @@ registered op is registered as ``trimformer::<plugin name>`` with
 - a shape/dtype descriptor (``@trtp.register``): x [B,N,C] -> x_out [B,M,C], size [B,N,1] ->
   size_out [B,M,1], with M the op's static output-token count (the token count must be static);
 - an implementation (``@trtp.impl``) running the op's torch face on TensorRT's stream;
-- an autotune declaration (``@trtp.autotune``): linear FP32 or FP16, every tensor of one type.
+- an autotune declaration (``@trtp.autotune``): linear FP32 or FP16, every tensor of one type;
+- with ``aot_capability`` (TensorRT >= 10.9, Triton installed), an ahead-of-time implementation
+  (``@trtp.aot_impl``): the op's Triton kernel (``trimformer.triton_kernels``) compiled to PTX for
+  the layer's static shapes, launched one program per batch item.
 
-Engines built this way run the Python implementation (JIT), so the runtime registers the same
-plugins (``TrtSession`` does, from the engine's record). The descriptor and implementation
+Engines built with the JIT implementation run the Python code, so the runtime registers the same
+plugins (``TrtSession`` does, from the engine's record). Engines built with the AOT form carry
+their kernels and run on plain TensorRT, from Python or C++, with neither Python nor the plugin
+library; ``aot_blocker`` says beforehand whether every plugin node of a graph has a kernel that
+fits, so a build can choose the AOT form only where it works. The descriptor and implementation
 functions are generated from the op registry, with signatures built explicitly:
 ``tensorrt.plugin`` reads them with ``inspect.signature``, and this module's annotations are
 strings (``from __future__ import annotations``). The signature and shape logic are pure
@@ -29,6 +35,8 @@ from trimformer.ops import OpSpec, OpValidationError
 
 __all__ = [
     "QdpShapeError",
+    "aot_blocker",
+    "aot_signature",
     "autotune_signature",
     "descriptor_signature",
     "impl_signature",
@@ -40,6 +48,7 @@ __all__ = [
 
 _SUPPORTED_TYPES = "FP32|FP16"
 _registered: list[str] = []
+_aot_registered: list[int] = []  # the compute capability the AOT form was registered for
 
 
 class QdpShapeError(UsageError):
@@ -102,6 +111,14 @@ def autotune_signature(spec: OpSpec) -> inspect.Signature:
     return inspect.Signature(_params([*spec.inputs, "outputs"]))
 
 
+def aot_signature(spec: OpSpec, trtp: Any) -> inspect.Signature:
+    """``(inputs..., attrs..., outputs, tactic) -> tuple[str, str, KernelLaunchParams,
+    SymIntExprs]``, the schema ``trtp.aot_impl`` checks (it requires the return annotation)."""
+    names = [*spec.inputs, *(a.name for a in spec.attributes), "outputs", "tactic"]
+    returns = tuple.__class_getitem__((str, str, trtp.KernelLaunchParams, trtp.SymIntExprs))
+    return inspect.Signature(_params(names), return_annotation=returns)
+
+
 def _with_signature(fn: Callable[..., Any], signature: inspect.Signature, name: str) -> Any:
     fn.__signature__ = signature  # type: ignore[attr-defined]
     fn.__name__ = fn.__qualname__ = name
@@ -142,6 +159,41 @@ def _implementation(spec: OpSpec) -> Callable[..., None]:
     return run
 
 
+def _static_dim(desc: Any, axis: int, what: str, spec: OpSpec) -> int:
+    dim = desc.shape_expr[axis]
+    if not dim.is_constant:
+        raise QdpShapeError(f"{qdp_id(spec)}: {what} must be static for the AOT kernel")
+    return int(dim.constant_value())
+
+
+def _aot_implementation(spec: OpSpec, trtp: Any, trt: Any, capability: int) -> Callable[..., Any]:
+    n_in, names = len(spec.inputs), [a.name for a in spec.attributes]
+
+    def compile_kernel(*args: Any) -> tuple[str, str, Any, Any]:
+        import torch
+
+        from trimformer.triton_kernels import compile_plan, kernel_plan
+
+        x, second = args[0], args[1]
+        attrs = dict(zip(names, args[n_in : n_in + len(names)], strict=True))
+        tokens = _static_dim(x, 1, "the token count", spec)
+        channels = _static_dim(x, 2, "the channel count", spec)
+        second_channels = _static_dim(second, len(second.shape_expr) - 1, "dim -1", spec)
+        dtype = torch.float16 if x.dtype == trt.float16 else torch.float32
+        plan = kernel_plan(spec.name, tokens, channels, second_channels, attrs)
+        kernel = compile_plan(plan, dtype, capability)
+        batch = trtp.SymInt32(x.shape_expr[0])
+        launch = trtp.KernelLaunchParams()
+        launch.grid_x = batch
+        launch.block_x = kernel.threads
+        launch.shared_mem = kernel.shared_bytes
+        scalars = trtp.SymIntExprs(1)
+        scalars[0] = batch
+        return kernel.name, kernel.ptx, launch, scalars
+
+    return compile_kernel
+
+
 def _autotune(spec: OpSpec, trtp: Any) -> Callable[..., list[Any]]:
     count = len(spec.inputs) + len(spec.outputs)
 
@@ -151,29 +203,102 @@ def _autotune(spec: OpSpec, trtp: Any) -> Callable[..., list[Any]]:
     return combinations
 
 
-def register_qdp_plugins() -> list[str]:
-    """Register every op's QDP with TensorRT (once per process); return the plugin ids."""
-    if _registered:
-        return list(_registered)
+def register_qdp_plugins(aot_capability: int | None = None) -> list[str]:
+    """Register every op's QDP with TensorRT (once per process); return the plugin ids.
+
+    With ``aot_capability`` (e.g. 87 for Jetson Orin), also register the ahead-of-time form for
+    GPUs of that compute capability; needs TensorRT 10.9+ and Triton.
+    """
     from trimformer.runtime.trt_env import TrtVersion, import_tensorrt
 
     trt = import_tensorrt()
-    if not TrtVersion.parse(trt.__version__).has_qdp:
+    version = TrtVersion.parse(trt.__version__)
+    if not version.has_qdp:
         raise UsageError(
             f"TensorRT {trt.__version__} has no tensorrt.plugin (needs 10.6+); build the plugin "
             "library instead (plugins/README.md)"
+        )
+    if aot_capability is not None and not version.has_aot_qdp:
+        raise UsageError(
+            f"TensorRT {trt.__version__} has no AOT Python plugins (needs 10.9+); build the "
+            "plugin library or use the JIT form"
+        )
+    if _aot_registered and aot_capability not in (None, _aot_registered[0]):
+        raise UsageError(
+            f"the AOT plugins are registered for compute capability {_aot_registered[0]} in this "
+            f"process; build for {aot_capability} in a new process"
         )
     import tensorrt.plugin as trtp
 
     for spec in plugin_specs().values():
         plugin_id = qdp_id(spec)
         slug = spec.name.lower()
-        trtp.register(plugin_id)(
-            _with_signature(_descriptor(spec), descriptor_signature(spec, trtp.TensorDesc), slug)
-        )
-        trtp.impl(plugin_id)(_with_signature(_implementation(spec), impl_signature(spec), slug))
-        trtp.autotune(plugin_id)(
-            _with_signature(_autotune(spec, trtp), autotune_signature(spec), slug)
-        )
-        _registered.append(plugin_id)
+        if plugin_id not in _registered:
+            descriptor = descriptor_signature(spec, trtp.TensorDesc)
+            trtp.register(plugin_id)(_with_signature(_descriptor(spec), descriptor, slug))
+            impl = _with_signature(_implementation(spec), impl_signature(spec), slug)
+            trtp.impl(plugin_id)(impl)
+            tune = _with_signature(_autotune(spec, trtp), autotune_signature(spec), slug)
+            trtp.autotune(plugin_id)(tune)
+            _registered.append(plugin_id)
+        if aot_capability is not None and not _aot_registered:
+            aot = _aot_implementation(spec, trtp, trt, aot_capability)
+            trtp.aot_impl(plugin_id)(_with_signature(aot, aot_signature(spec, trtp), slug))
+    if aot_capability is not None and not _aot_registered:
+        _aot_registered.append(aot_capability)
     return list(_registered)
+
+
+def aot_blocker(model: Any, capability: int) -> str | None:
+    """Why the AOT form cannot run every plugin node of ``model`` (a ``to-plugins`` graph) on a
+    GPU of compute capability ``capability``, or None when it can: Triton is missing, a shape is
+    not static, or a kernel exceeds the Triton kernels' limits. Compiles each distinct kernel
+    (seconds each; Triton caches them, so the build's own AOT calls then cost nothing)."""
+    import onnx
+
+    from trimformer.graph_passes.base import PLUGIN_DOMAIN, iter_node_scopes
+    from trimformer.ops import get_op
+
+    try:
+        import torch
+
+        from trimformer.triton_kernels import KernelPlanError, compile_plan, kernel_plan
+    except ImportError as exc:
+        return f"Triton is not importable ({exc}); pip install triton"
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    graph = inferred.graph
+    shapes = {
+        info.name: tuple(
+            d.dim_value if d.HasField("dim_value") else None
+            for d in info.type.tensor_type.shape.dim
+        )
+        for info in (*graph.input, *graph.value_info, *graph.output)
+    }
+    types = {
+        info.name: info.type.tensor_type.elem_type for info in (*graph.input, *graph.value_info)
+    }
+    seen = set()
+    for nodes, _ in iter_node_scopes(inferred):
+        for node in nodes:
+            if node.domain != PLUGIN_DOMAIN:
+                continue
+            spec = get_op(node.op_type)
+            x, second = shapes.get(node.input[0], ()), shapes.get(node.input[1], ())
+            if len(x) != 3 or x[1] is None or x[2] is None or not second or second[-1] is None:
+                return f"node {node.name!r}: the shapes of its inputs are not static"
+            tokens, channels, second_channels = x[1], x[2], second[-1]
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            attrs = {a.name: attrs[a.name] for a in spec.attributes}
+            key = (spec.name, tokens, channels, second_channels, tuple(attrs.items()))
+            if key in seen:
+                continue
+            seen.add(key)
+            # an FP32 graph may still run the plugin in FP16 (TensorRT 10's FP16 flag): check both
+            half_only = types.get(node.input[0]) == onnx.TensorProto.FLOAT16
+            try:
+                plan = kernel_plan(spec.name, tokens, channels, second_channels, attrs)
+                for dtype in (torch.float16,) if half_only else (torch.float32, torch.float16):
+                    compile_plan(plan, dtype, capability)
+            except KernelPlanError as exc:
+                return f"node {node.name!r}: {exc}"
+    return None

@@ -88,6 +88,22 @@ def _tensorrt() -> list[Finding]:
     ]
 
 
+def _triton() -> Finding:
+    """Triton compiles the plugins' AOT kernels (TensorRT 10.9+), for any GPU, without one."""
+    label = "Triton (AOT plugin kernels)"
+    try:
+        import triton
+    except ImportError as exc:
+        return Finding(
+            label,
+            False,
+            f"missing ({exc})",
+            "pip install triton (comes with "
+            "torch's CUDA wheels on Linux); without it, builds use the JIT form",
+        )
+    return Finding(label, True, f"triton {triton.__version__}")
+
+
 def _nvcc() -> Finding:
     output = _run(["nvcc", "--version"])
     if output is None:
@@ -153,6 +169,7 @@ def _power_mode() -> list[Finding]:
 _PROBES: tuple[Callable[[], Finding | list[Finding]], ...] = (
     _onnxruntime,
     _tensorrt,
+    _triton,
     _nvcc,
     _gpus,
     _plugin_library,

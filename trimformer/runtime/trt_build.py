@@ -50,6 +50,7 @@ __all__ = [
     "BuildResult",
     "BuildSettings",
     "EngineFiles",
+    "PluginChoice",
     "add_engine_to_manifest",
     "build_engine",
     "build_engines",
@@ -231,7 +232,7 @@ def engine_record(
     settings: BuildSettings,
     gpu: GpuIdentity,
     graph: Mapping[str, Any],
-    plugin_source: str,
+    plugins: PluginChoice,
     power_mode: str | None = None,
     engine: BankEngine | None = None,
 ) -> dict[str, Any]:
@@ -254,7 +255,8 @@ def engine_record(
         "gpu": gpu.name,
         "compute_capability": gpu.compute_capability,
         "power_mode": power_mode,
-        "plugins": plugin_source,
+        "plugins": plugins.source,
+        "plugins_aot_blocked": plugins.aot_blocked,
         "settings": settings.to_json(),
         "inputs": list(graph["inputs"]),
         "outputs": list(graph["outputs"]),
@@ -436,24 +438,62 @@ def _parse(
     )
 
 
-def load_plugins(trt: ModuleType, registry: tensorrt.IPluginRegistry, library: Path | None) -> str:
-    """Load the plugin library into ``registry``; without one, register the Python QDP form.
+@dataclass(frozen=True)
+class PluginChoice:
+    """What provides the plugins of one build: "library", "qdp-aot" (Triton kernels compiled
+    into the engine) or "qdp" (the Python JIT form), and why AOT was not used, when it was not."""
 
-    Returns what provides the plugins: "library" or "qdp" (recorded, so a runtime does the same).
+    source: str
+    aot_blocked: str | None = None
+
+    def network_flags(self, trt: ModuleType) -> int:
+        """The network flag choosing between Python plugins' AOT and JIT forms (10.9+)."""
+        flags = trt.NetworkDefinitionCreationFlag
+        if self.source == "library" or not hasattr(flags, "PREFER_AOT_PYTHON_PLUGINS"):
+            return 0
+        prefer = (
+            "PREFER_AOT_PYTHON_PLUGINS" if self.source == "qdp-aot" else "PREFER_JIT_PYTHON_PLUGINS"
+        )
+        return 1 << int(getattr(flags, prefer))
+
+
+def load_plugins(
+    trt: ModuleType,
+    registry: tensorrt.IPluginRegistry,
+    library: Path | None,
+    model: onnx.ModelProto | None = None,
+    capability: int | None = None,
+) -> PluginChoice:
+    """Load the plugin library into ``registry``; without one, register the Python QDP form:
+    ahead-of-time Triton kernels when TensorRT (10.9+), Triton and every plugin node of
+    ``model`` (on a GPU of compute ``capability``) allow it, else the JIT form.
+
+    The choice is recorded with the engine, so a runtime loads the same plugins.
     """
     from trimformer.runtime.trt_env import find_plugin_library
 
     try:
         path = find_plugin_library(library)
     except UsageError:
-        if library is not None or not TrtVersion.parse(trt.__version__).has_qdp:
+        version = TrtVersion.parse(trt.__version__)
+        if library is not None or not version.has_qdp:
             raise
-        from trimformer.plugins_qdp import register_qdp_plugins
+        from trimformer.plugins_qdp import aot_blocker, register_qdp_plugins
 
+        blocked: str | None
+        if not version.has_aot_qdp:
+            blocked = f"TensorRT {version} has no AOT Python plugins (needs 10.9+)"
+        elif model is None or capability is None:
+            blocked = "no graph or GPU was given to check the kernels against"
+        else:
+            blocked = aot_blocker(model, capability)
+        if blocked is None:
+            register_qdp_plugins(aot_capability=capability)
+            return PluginChoice("qdp-aot")
         register_qdp_plugins()
-        return "qdp"
+        return PluginChoice("qdp", blocked)
     registry.load_library(str(path))
-    return "library"
+    return PluginChoice("library")
 
 
 @dataclass(frozen=True)
@@ -503,8 +543,8 @@ def build_engines(
     for job in jobs:
         settings = stripped if job.stripped else base
         graph = {**graphs[job.graph], "file": job.graph_file}
-        plan, plugin_source, passes = _build_plan(trt, bundle, graph, settings, plugin_library)
-        record = engine_record(settings, gpu, graph, plugin_source, power_mode, job)
+        plan, plugins, passes = _build_plan(trt, bundle, graph, settings, plugin_library, gpu)
+        record = engine_record(settings, gpu, graph, plugins, power_mode, job)
         files = write_engine(bundle, plan, record)
         results.append(BuildResult(files, record, passes))
     return results
@@ -516,9 +556,10 @@ def _build_plan(
     graph: Mapping[str, Any],
     settings: BuildSettings,
     plugin_library: Path | None,
-) -> tuple[bytes, str, list[PassResult]]:
-    """One graph through the passes and TensorRT's builder: the serialised plan, the plugin
-    source, and what the passes did. Updates the timing cache when one is set."""
+    gpu: GpuIdentity,
+) -> tuple[bytes, PluginChoice, list[PassResult]]:
+    """One graph through the passes and TensorRT's builder: the serialised plan, what provides
+    its plugins, and what the passes did. Updates the timing cache when one is set."""
     inputs = [TensorSpec.from_manifest(e) for e in graph["inputs"]]
     shapes = input_shapes(inputs, settings.batch)
     model, results = prepared_graph(bundle, graph["file"], settings.onnx_passes)
@@ -531,8 +572,11 @@ def _build_plan(
 
     logger: tensorrt.ILogger = trt.Logger(trt.Logger.WARNING)
     builder: tensorrt.Builder = trt.Builder(logger)
-    plugin_source = load_plugins(trt, builder.get_plugin_registry(), plugin_library)
-    network = builder.create_network(_network_flags(trt, settings))
+    major, minor = gpu.compute_capability.split(".")
+    plugins = load_plugins(
+        trt, builder.get_plugin_registry(), plugin_library, model, int(major) * 10 + int(minor)
+    )
+    network = builder.create_network(_network_flags(trt, settings) | plugins.network_flags(trt))
     _parse(trt, network, logger, model)
     config = builder.create_builder_config()
     configure_builder(trt, builder, config, settings, shapes)
@@ -549,4 +593,4 @@ def _build_plan(
         )
     if cache_path is not None:
         _write_atomic(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
-    return bytes(memoryview(plan)), plugin_source, results
+    return bytes(memoryview(plan)), plugins, results

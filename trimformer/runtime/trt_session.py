@@ -256,7 +256,7 @@ class TrtSession(Session):
             from trimformer.plugins_qdp import register_qdp_plugins
 
             register_qdp_plugins()
-        if sources - {"qdp"}:
+        if sources - {"qdp", "qdp-aot"}:  # AOT engines carry their kernels: nothing to load
             path = find_plugin_library(library)
             self._runtime.get_plugin_registry().load_library(str(path))
 
