@@ -22,6 +22,7 @@ from trimformer.triton_kernels import (
     compile_plan,
     kernel_plan,
     launch,
+    runner,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "harness"))
@@ -73,13 +74,12 @@ def test_kernel_compiles_to_ptx_for_jetson_orin_and_hopper(op, capability):
         assert kernel.cubin[:4] == b"\x7fELF"
 
 
-def test_kernels_that_cannot_run_are_refused_with_the_way_out():
-    with pytest.raises(KernelPlanError, match=r"shared memory.*plugin library"):
-        compile_plan(
-            kernel_plan("BipartiteMerge", 577, 1024, 64, {"r": 100, "protected": 1}),
-            torch.float32,
-            87,
-        )
+def test_kernels_that_cannot_run_are_refused_with_the_way_out(monkeypatch):
+    tokens, channels, second, attrs = DEIT_SMALL["BipartiteMerge"]
+    plan = kernel_plan("BipartiteMerge", tokens, channels, second, attrs)
+    monkeypatch.setattr(runner, "SHARED_MEMORY_LIMIT", 1024)
+    with pytest.raises(KernelPlanError, match=r"needs \d+ bytes of shared memory.*plugin library"):
+        compile_plan(plan, torch.float32, 87)
     with pytest.raises(KernelPlanError, match=f"exceed the Triton kernels' {MAX_TOKENS}"):
         kernel_plan("TopKSelect", MAX_TOKENS + 1, 8, 1, {"k": 4, "protected": 1, "fuse": 0})
     with pytest.raises(OpValidationError, match="k=300 must be in"):

@@ -289,8 +289,8 @@ def test_aot_blocker_checks_every_plugin_node_before_a_build(tome_bundle):
 
     model, _ = prepared_graph(tome_bundle, "model.onnx", ("cleanup", "to-plugins"))
     assert plugins_qdp.aot_blocker(model, 87) is None
-    reason = plugins_qdp.aot_blocker(_plugin_graph(577, 1024), 87)
-    assert reason is not None and "node 'merge0'" in reason and "shared memory" in reason
+    reason = plugins_qdp.aot_blocker(_plugin_graph(2049, 64), 87)
+    assert reason is not None and "node 'merge0'" in reason and "2049 tokens exceed" in reason
     assert "not static" in str(plugins_qdp.aot_blocker(_plugin_graph(577, None), 87))
 
 
@@ -304,11 +304,11 @@ def test_a_build_without_the_library_chooses_aot_only_where_it_fits(trtp, monkey
     flags = SimpleNamespace(PREFER_AOT_PYTHON_PLUGINS=3, PREFER_JIT_PYTHON_PLUGINS=2)
     trt = sys.modules["tensorrt"]
     trt.NetworkDefinitionCreationFlag = flags
-    fits, too_big = _plugin_graph(197, 384), _plugin_graph(577, 1024)
+    fits, too_big = _plugin_graph(577, 1024), _plugin_graph(2049, 64)
     choice = trt_build.load_plugins(trt, None, None, fits, 87)
     assert choice == trt_build.PluginChoice("qdp-aot") and choice.network_flags(trt) == 1 << 3
     assert "aot" in trtp.plugins["trimformer::BipartiteMerge"]
     choice = trt_build.load_plugins(trt, None, None, too_big, 87)
-    assert choice.source == "qdp" and "shared memory" in str(choice.aot_blocked)
+    assert choice.source == "qdp" and "2049 tokens exceed" in str(choice.aot_blocked)
     assert choice.network_flags(trt) == 1 << 2  # both forms registered: JIT asked for
     assert trt_build.PluginChoice("library").network_flags(trt) == 0

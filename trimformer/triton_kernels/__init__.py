@@ -6,7 +6,7 @@ torch tensors (GPU, or Triton's interpreter on CPU); ``compile_plan`` compiles t
 target on any machine. Needs ``triton`` (shipped with torch's CUDA wheels on Linux).
 """
 
-from trimformer.triton_kernels.launch import (
+from trimformer.triton_kernels.runner import (
     MAX_TOKENS,
     SHARED_MEMORY_LIMIT,
     CompiledKernel,

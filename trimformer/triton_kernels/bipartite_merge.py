@@ -6,8 +6,9 @@
 2. Ranking: an A token merges when fewer than r A tokens rank ahead of it (higher best score, or
    equal and lower index), counted BLOCK_I tokens at a time.
 3. Output: protected tokens, the unmerged A tokens in order (a prefix sum gives their rows), then
-   each B token as the size-weighted mean of itself and the A tokens merged into it, gathered by a
-   one-hot [BLOCK_J, BLOCK_A] matrix product instead of atomics, so the result is deterministic.
+   each B token as the size-weighted mean of itself and the A tokens merged into it, gathered by
+   one-hot [BLOCK_J, BLOCK_K] matrix products over chunks of A instead of atomics, so the result
+   is deterministic.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import triton
 import triton.language as tl
 
 from trimformer.triton_kernels.common import (
+    chunk,
     copy_protected,
     cosine_tile,
     count_ahead,
@@ -42,6 +44,7 @@ def bipartite_merge_kernel(
     P: tl.constexpr,
     BLOCK_A: tl.constexpr,
     BLOCK_I: tl.constexpr,
+    BLOCK_K: tl.constexpr,
     BLOCK_J: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_CM: tl.constexpr,
@@ -105,32 +108,40 @@ def bipartite_merge_kernel(
         C,
         BLOCK_C,
     )
-    sizes_a = tl.load(size_ptr + rows_a, mask=valid_a, other=0.0)
+    sizes_a = tl.load(size_ptr + rows_a, mask=valid_a, other=0.0).to(tl.float32)
+    merge_weights = tl.where(merged, sizes_a, 0.0)  # an A token's weight in its match's mean
     for j0 in range(0, NB, BLOCK_J):
         j = j0 + tl.arange(0, BLOCK_J)
         valid_j = (j < NB) & live
         rows_j = b * N + P + 2 * j + 1
-        into = merged[None, :] & (match[None, :] == j[:, None])
-        weights = tl.where(into, sizes_a.to(tl.float32)[None, :], 0.0)
+        into = match[None, :] == j[:, None]
         sizes_j = tl.load(size_ptr + rows_j, mask=valid_j, other=0.0).to(tl.float32)
-        total = sizes_j + tl.sum(weights, axis=1)
+        total = sizes_j + tl.sum(tl.where(into, merge_weights[None, :], 0.0), axis=1)
         out_rows = b * M + P + (NA - R) + j
         tl.store(size_out_ptr + out_rows, total.to(size_out_ptr.dtype.element_ty), mask=valid_j)
         for c0 in range(0, C, BLOCK_C):
             c = c0 + tl.arange(0, BLOCK_C)
             in_c = c < C
-            x_a = tl.load(
-                x_ptr + rows_a[:, None] * C + c[None, :],
-                mask=valid_a[:, None] & in_c[None, :],
-                other=0.0,
-            )
             x_j = tl.load(
                 x_ptr + rows_j[:, None] * C + c[None, :],
                 mask=valid_j[:, None] & in_c[None, :],
                 other=0.0,
             )
             mixed = x_j.to(tl.float32) * sizes_j[:, None]
-            mixed += tl.dot(weights, x_a.to(tl.float32), input_precision="ieee")
+            # the merged A tokens, BLOCK_K at a time, so the tl.dot operands stay small
+            for k in tl.static_range(BLOCK_A // BLOCK_K):
+                ak = k * BLOCK_K + tl.arange(0, BLOCK_K)
+                weights = tl.where(
+                    chunk(match, k, BLOCK_K)[None, :] == j[:, None],
+                    chunk(merge_weights, k, BLOCK_K)[None, :],
+                    0.0,
+                )
+                x_a = tl.load(
+                    x_ptr + (b * N + P + 2 * ak)[:, None] * C + c[None, :],
+                    mask=((ak < NA) & live)[:, None] & in_c[None, :],
+                    other=0.0,
+                )
+                mixed += tl.dot(weights, x_a.to(tl.float32), input_precision="ieee")
             mean = mixed / tl.where(valid_j, total, 1.0)[:, None]
             tl.store(
                 x_out_ptr + out_rows[:, None] * C + c[None, :],

@@ -6,6 +6,7 @@ import triton
 import triton.language as tl
 
 __all__ = [
+    "chunk",
     "copy_protected",
     "cosine_tile",
     "count_ahead",
@@ -132,3 +133,12 @@ def move_tokens(
             tokens,
             mask=write[:, None] & in_c[None, :],
         )
+
+
+@triton.jit
+def chunk(values, k, BLOCK_K: tl.constexpr):
+    """Elements k*BLOCK_K .. (k+1)*BLOCK_K-1 of a register vector (k a compile-time index):
+    reshaped to [chunks, BLOCK_K] and reduced over the chunk axis, O(len(values))."""
+    rows = tl.reshape(values, [values.shape[0] // BLOCK_K, BLOCK_K])
+    pick = tl.arange(0, values.shape[0] // BLOCK_K)[:, None] == k
+    return tl.sum(tl.where(pick, rows, tl.zeros_like(rows)), axis=0)
