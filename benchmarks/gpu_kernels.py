@@ -4,20 +4,24 @@ One prepared run for a lent GPU machine:
 
     python benchmarks/gpu_kernels.py --out "$OUT/gpu_kernels.json"
 
-It compiles the kernels with the GPU's own architecture (plugins/harness), then, for every case
-of plugins/config.yaml (fp32 and fp16), runs the kernel on random CUDA inputs with outputs
-poisoned with NaN and compares with the op's torch face (float32, CPU); then times the kernel
-against the torch face run on the GPU (the decomposed torch ops a plugin replaces) on
-ViT-sized shapes. Exits 1 when any check fails. Benchmarks are not tests: nothing here asserts a
-timing.
+Two implementations of every op: the CUDA kernel of the plugin library (compiled with the GPU's
+own architecture through plugins/harness) and the Triton kernel of the Python plugins' AOT form
+(trimformer/triton_kernels). For every case of plugins/config.yaml (fp32 and fp16), each runs on
+random CUDA inputs with outputs poisoned with NaN and is compared with the op's torch face
+(float32, CPU); then both are timed against the torch face run on the GPU (the decomposed torch
+ops a plugin replaces) on ViT-sized shapes, interleaved in one run. Times include each call's
+Python launch overhead (ctypes, Triton's launcher), which a TensorRT engine does not pay. Exits 1
+when any check fails. Benchmarks are not tests: nothing here asserts a timing.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,9 @@ sys.path.insert(0, str(ROOT / "plugins" / "harness"))
 import kernel_harness as kh  # noqa: E402
 
 from trimformer.ops import get_op  # noqa: E402
+from trimformer.triton_kernels import run_op  # noqa: E402
+
+Runner = Callable[[str, tuple[torch.Tensor, ...], dict[str, int]], tuple[torch.Tensor, ...]]
 
 # ViT-S/16 at 224 px (197 tokens, 384 channels) at batch 1, 8 and 64.
 TIMING = [
@@ -41,24 +48,38 @@ BATCHES = (1, 8, 64)
 TOKENS = 197
 
 
-def check(harness: kh.KernelHarness) -> list[dict[str, Any]]:
-    """Every matrix case on the GPU against the torch face."""
+def runners(harness: kh.KernelHarness) -> dict[str, Runner]:
+    """The implementations compared: the plugin library's CUDA kernels and the Triton kernels."""
+    return {"cuda": harness.run, "triton": run_op}
+
+
+def check(implementations: dict[str, Runner]) -> list[dict[str, Any]]:
+    """Every matrix case on the GPU against the torch face, for every implementation."""
     rows = []
     for case in kh.load_matrix():
         inputs = tuple(t.cuda() for t in kh.make_inputs(case, torch.Generator().manual_seed(0)))
-        got = harness.run(case.op, inputs, case.attrs)
-        torch.cuda.synchronize()
         ref = kh.reference(case, inputs)
         tol = kh.TOLERANCES[case.dtype]
-        errors = [
-            float((g.float().cpu() - r).abs().nan_to_num(float("inf")).max())
-            for g, r in zip(got, ref, strict=True)
-        ]
-        ok = all(
-            torch.allclose(g.float().cpu(), r, atol=tol, rtol=tol)
-            for g, r in zip(got, ref, strict=True)
-        )
-        rows.append({"case": case.label, "ok": ok, "max_abs_error": max(errors), "tolerance": tol})
+        for name, run in implementations.items():
+            got = run(case.op, inputs, dict(case.attrs))
+            torch.cuda.synchronize()
+            errors = [
+                float((g.float().cpu() - r).abs().nan_to_num(float("inf")).max())
+                for g, r in zip(got, ref, strict=True)
+            ]
+            ok = all(
+                torch.allclose(g.float().cpu(), r, atol=tol, rtol=tol)
+                for g, r in zip(got, ref, strict=True)
+            )
+            rows.append(
+                {
+                    "case": case.label,
+                    "implementation": name,
+                    "ok": ok,
+                    "max_abs_error": max(errors),
+                    "tolerance": tol,
+                }
+            )
     return rows
 
 
@@ -77,8 +98,8 @@ def _time_ms(fn: Any, runs: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def timings(harness: kh.KernelHarness, runs: int) -> list[dict[str, Any]]:
-    """Kernel vs torch face on the GPU, per op, dtype and batch."""
+def timings(implementations: dict[str, Runner], runs: int) -> list[dict[str, Any]]:
+    """Each implementation vs the torch face on the GPU, per op, dtype and batch."""
     rows = []
     for op_name, params in TIMING:
         spec = get_op(op_name)
@@ -91,20 +112,18 @@ def timings(harness: kh.KernelHarness, runs: int) -> list[dict[str, Any]]:
                     t.cuda() for t in kh.make_inputs(case, torch.Generator().manual_seed(0))
                 )
                 values = [attrs[a.name] for a in spec.attributes]
-                kernel = _time_ms(partial(harness.run, op_name, inputs, attrs), runs)
-                torch_ms = _time_ms(partial(spec.torch_op, *inputs, *values), runs)
-                rows.append(
-                    {
-                        "op": op_name,
-                        "dtype": str(dtype).removeprefix("torch."),
-                        "batch": batch,
-                        "tokens": TOKENS,
-                        "channels": params["channels"],
-                        "kernel_ms": kernel,
-                        "torch_ms": torch_ms,
-                        "speedup": torch_ms / kernel,
-                    }
-                )
+                row: dict[str, Any] = {
+                    "op": op_name,
+                    "dtype": str(dtype).removeprefix("torch."),
+                    "batch": batch,
+                    "tokens": TOKENS,
+                    "channels": params["channels"],
+                    "torch_ms": _time_ms(partial(spec.torch_op, *inputs, *values), runs),
+                }
+                for name, run in implementations.items():
+                    row[f"{name}_ms"] = _time_ms(partial(run, op_name, inputs, attrs), runs)
+                    row[f"{name}_speedup"] = row["torch_ms"] / row[f"{name}_ms"]
+                rows.append(row)
     return rows
 
 
@@ -117,14 +136,15 @@ def main() -> int:
         print("no CUDA device: run this on a GPU machine", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
-        harness = kh.KernelHarness(kh.build_library(Path(tmp), arch="native"))
-        checks = check(harness)
-        table = timings(harness, args.runs)
+        implementations = runners(kh.KernelHarness(kh.build_library(Path(tmp), arch="native")))
+        checks = check(implementations)
+        table = timings(implementations, args.runs)
     report = {
         "device": torch.cuda.get_device_name(),
         "capability": ".".join(map(str, torch.cuda.get_device_capability())),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
+        "triton": importlib.metadata.version("triton"),
         "checks": checks,
         "timings": table,
     }
@@ -132,12 +152,14 @@ def main() -> int:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for row in checks:
         status = "ok  " if row["ok"] else "FAIL"
-        print(f"{status} {row['case']}  max abs err {row['max_abs_error']:.2e}")
+        label = f"{row['implementation']:6s} {row['case']}"
+        print(f"{status} {label}  max abs err {row['max_abs_error']:.2e}")
     for row in table:
         print(
             f"{row['op']:15s} {row['dtype']:8s} B={row['batch']:3d}"
-            f"  kernel {row['kernel_ms']:.4f} ms  torch {row['torch_ms']:.4f} ms"
-            f"  x{row['speedup']:.2f}"
+            f"  torch {row['torch_ms']:.4f} ms"
+            f"  cuda {row['cuda_ms']:.4f} ms (x{row['cuda_speedup']:.2f})"
+            f"  triton {row['triton_ms']:.4f} ms (x{row['triton_speedup']:.2f})"
         )
     return 0 if all(row["ok"] for row in checks) else 1
 

@@ -15,6 +15,7 @@ from trimformer.triton_kernels.runner import (
     compile_plan,
     kernel_plan,
     launch,
+    run_op,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "compile_plan",
     "kernel_plan",
     "launch",
+    "run_op",
 ]

@@ -37,6 +37,7 @@ __all__ = [
     "compile_plan",
     "kernel_plan",
     "launch",
+    "run_op",
 ]
 
 MAX_TOKENS = 2048
@@ -143,6 +144,15 @@ def launch(plan: KernelPlan, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tens
     options = {} if interpreted else _COMPILE_OPTIONS | {"num_warps": plan.num_warps}
     plan.kernel[(batch,)](x, second, size, batch, x_out, size_out, **plan.constexprs, **options)
     return x_out, size_out
+
+
+def run_op(
+    op: str, inputs: Sequence[torch.Tensor], attrs: Mapping[str, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plan ``op`` for the shapes of (x, second, size) and run it (see ``launch``)."""
+    x, second = inputs[0], inputs[1]
+    second_channels = second.shape[-1] if second.dim() == 3 else 1  # TopKSelect's scores: [B,N]
+    return launch(kernel_plan(op, x.shape[1], x.shape[2], second_channels, attrs), inputs)
 
 
 @dataclass(frozen=True)
