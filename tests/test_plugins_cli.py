@@ -143,3 +143,23 @@ def test_cli_without_tensorrt_is_one_clear_line(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["plugins", "build"])
     assert isinstance(result.exception, UsageError)
     assert "install libnvinfer-dev" in str(result.exception)
+
+
+def test_aot_report_compiles_a_bundle_s_kernels_for_the_target_gpu(tome_bundle, monkeypatch):
+    wide = {"COLUMNS": "200"}
+    args = ["plugins", "aot", str(tome_bundle), "--cuda-arch", "8.7"]
+    result = CliRunner().invoke(cli, args, env=wide)
+    assert result.exit_code == 0, result.output
+    assert "Triton kernels of deit-ti-tome for sm_87" in result.output
+    rows = [line for line in result.output.splitlines() if "BipartiteMerge" in line]
+    assert rows and all(line.rstrip(" │").endswith("yes") for line in rows)  # one per token count
+    assert "embeds these kernels in the engines" in result.output
+
+    from trimformer.triton_kernels import runner
+
+    monkeypatch.setattr(runner, "SHARED_MEMORY_LIMIT", 1024)
+    result = CliRunner().invoke(cli, args, env=wide)
+    assert result.exit_code == 1
+    assert "uses the JIT Python plugins: BipartiteMerge at node" in result.output
+    bad = CliRunner().invoke(cli, ["plugins", "aot", str(tome_bundle), "--cuda-arch", "9x"])
+    assert bad.exit_code == 2 and "'9x' is not a compute capability" in bad.output

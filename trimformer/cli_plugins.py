@@ -101,3 +101,83 @@ def build_plugins_command(
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _capability(value: str) -> int:
+    """A compute capability as an int: 87, 8.7 and sm_87 all give 87."""
+    text = value.lower().removeprefix("sm_").replace(".", "")
+    if not text.isdigit() or not 50 <= int(text) <= 200:
+        raise click.BadParameter(f"{value!r} is not a compute capability; give e.g. 87 (Orin)")
+    return int(text)
+
+
+@plugins_command.command("aot")
+@click.argument("bundle", metavar="DIR", type=click.Path(path_type=Path))
+@click.option(
+    "--cuda-arch",
+    "arch",
+    required=True,
+    metavar="SM",
+    help="The target GPU's compute capability: 87 (Jetson Orin), 86, 89 (RTX), 90 (Hopper).",
+)
+def aot_plugins_command(bundle: Path, arch: str) -> None:
+    """Compile a bundle's Triton kernels for a GPU, here, without the GPU or TensorRT.
+
+    Says whether `trimformer build` on that GPU (TensorRT 10.9+, no plugin library) will embed
+    the kernels in the engine (the AOT Python plugins), or use the JIT form, and why.
+    """
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from trimformer.bundle import read_manifest
+    from trimformer.plugins_qdp import AotKernel, aot_kernels
+    from trimformer.runtime.trt_build import prepared_graph
+
+    capability = _capability(arch)
+    manifest = read_manifest(bundle)
+    console = Console()
+    kernels: dict[tuple[object, ...], tuple[AotKernel, list[str]]] = {}
+    with console.status("preparing the graphs", spinner="dots") as status:
+        for graph_name, graph in manifest["graphs"].items():
+            model, _ = prepared_graph(bundle, graph["file"], ("cleanup", "to-plugins"))
+
+            def show(node: str, graph_name: str = graph_name) -> None:
+                status.update(f"compiling for sm_{capability}: {graph_name} / {escape(node)}")
+
+            for kernel in aot_kernels(model, capability, show):
+                key = (kernel.op, kernel.tokens, kernel.channels, tuple(kernel.attrs.items()))
+                kernels.setdefault(key, (kernel, []))[1].append(graph_name)
+    table = Table(title=f"Triton kernels of {bundle.name} for sm_{capability}")
+    several = len({name for _, graphs in kernels.values() for name in graphs}) > 1
+    columns = ["graph"] if several else []
+    columns += ["op", "tokens", "C", "attributes", "threads", "shared KiB", "AOT"]
+    for column in columns:
+        table.add_column(column)
+    for kernel, graphs in kernels.values():
+        row = [", ".join(graphs)] if several else []
+        row += [
+            kernel.op,
+            str(kernel.tokens),
+            str(kernel.channels),
+            " ".join(f"{k}={v}" for k, v in kernel.attrs.items()),
+            str(kernel.threads or "-"),
+            " ".join(f"{d} {b / 1024:.0f}" for d, b in kernel.shared_bytes.items()) or "-",
+            "[green]yes[/]" if kernel.problem is None else f"[red]no[/]: {escape(kernel.problem)}",
+        ]
+        table.add_row(*row)
+    console.print(table)
+    blocked = [kernel for kernel, _ in kernels.values() if kernel.problem is not None]
+    if not blocked:
+        console.print(
+            f"trimformer build on an sm_{capability} GPU with TensorRT 10.9+ and no plugin "
+            "library embeds these kernels in the engines (no Python needed to run them)"
+        )
+        return
+    console.print(
+        f"trimformer build on sm_{capability} without the plugin library uses the JIT Python "
+        f"plugins: {escape(blocked[0].op)} at node {escape(blocked[0].node)}: "
+        f"{escape(str(blocked[0].problem))}",
+        soft_wrap=True,
+    )
+    raise SystemExit(1)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from trimformer.errors import UsageError
@@ -34,8 +35,10 @@ from trimformer.graph_passes.base import PLUGIN_NAMESPACE, plugin_specs
 from trimformer.ops import OpSpec, OpValidationError
 
 __all__ = [
+    "AotKernel",
     "QdpShapeError",
     "aot_blocker",
+    "aot_kernels",
     "aot_signature",
     "autotune_signature",
     "descriptor_signature",
@@ -249,11 +252,44 @@ def register_qdp_plugins(aot_capability: int | None = None) -> list[str]:
     return list(_registered)
 
 
-def aot_blocker(model: Any, capability: int) -> str | None:
-    """Why the AOT form cannot run every plugin node of ``model`` (a ``to-plugins`` graph) on a
-    GPU of compute capability ``capability``, or None when it can: Triton is missing, a shape is
-    not static, or a kernel exceeds the Triton kernels' limits. Compiles each distinct kernel
-    (seconds each; Triton caches them, so the build's own AOT calls then cost nothing)."""
+@dataclass(frozen=True)
+class AotKernel:
+    """One distinct Triton kernel a graph's plugin nodes need (the first such node named), with
+    what compiling it gave: threads and shared memory per dtype, or the problem."""
+
+    node: str
+    op: str
+    tokens: int | None
+    channels: int | None
+    attrs: Mapping[str, int]
+    threads: int | None = None
+    shared_bytes: Mapping[str, int] = field(default_factory=dict)
+    problem: str | None = None
+
+
+def _static_input_shapes(model: Any) -> tuple[dict[str, tuple[int | None, ...]], dict[str, int]]:
+    import onnx
+
+    graph = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
+    infos = (*graph.input, *graph.value_info, *graph.output)
+    shapes = {
+        info.name: tuple(
+            d.dim_value if d.HasField("dim_value") else None
+            for d in info.type.tensor_type.shape.dim
+        )
+        for info in infos
+    }
+    return shapes, {info.name: info.type.tensor_type.elem_type for info in infos}
+
+
+def aot_kernels(
+    model: Any, capability: int, on_kernel: Callable[[str], None] | None = None
+) -> list[AotKernel]:
+    """Compile the Triton kernel of every distinct plugin node of ``model`` (a ``to-plugins``
+    graph) for compute ``capability``: in fp32 and fp16 (TensorRT 10's FP16 flag may run an
+    FP32 graph's plugins in FP16), or fp16 alone for an FP16 graph. Seconds per kernel; Triton
+    caches them, so a build's own AOT calls then cost nothing. ``on_kernel`` hears each node
+    name before its kernel compiles (progress). UsageError when Triton is missing."""
     import onnx
 
     from trimformer.graph_passes.base import PLUGIN_DOMAIN, iter_node_scopes
@@ -264,41 +300,48 @@ def aot_blocker(model: Any, capability: int) -> str | None:
 
         from trimformer.triton_kernels import KernelPlanError, compile_plan, kernel_plan
     except ImportError as exc:
-        return f"Triton is not importable ({exc}); pip install triton"
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    graph = inferred.graph
-    shapes = {
-        info.name: tuple(
-            d.dim_value if d.HasField("dim_value") else None
-            for d in info.type.tensor_type.shape.dim
-        )
-        for info in (*graph.input, *graph.value_info, *graph.output)
-    }
-    types = {
-        info.name: info.type.tensor_type.elem_type for info in (*graph.input, *graph.value_info)
-    }
-    seen = set()
-    for nodes, _ in iter_node_scopes(inferred):
-        for node in nodes:
-            if node.domain != PLUGIN_DOMAIN:
-                continue
+        raise UsageError(f"Triton is not importable ({exc}); pip install triton") from None
+    shapes, types = _static_input_shapes(model)
+    kernels: dict[tuple[Any, ...], AotKernel] = {}
+    for nodes, _ in iter_node_scopes(model):
+        for node in (n for n in nodes if n.domain == PLUGIN_DOMAIN):
             spec = get_op(node.op_type)
+            values = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            attrs = {a.name: values[a.name] for a in spec.attributes}
             x, second = shapes.get(node.input[0], ()), shapes.get(node.input[1], ())
-            if len(x) != 3 or x[1] is None or x[2] is None or not second or second[-1] is None:
-                return f"node {node.name!r}: the shapes of its inputs are not static"
-            tokens, channels, second_channels = x[1], x[2], second[-1]
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            attrs = {a.name: attrs[a.name] for a in spec.attributes}
-            key = (spec.name, tokens, channels, second_channels, tuple(attrs.items()))
-            if key in seen:
-                continue
-            seen.add(key)
-            # an FP32 graph may still run the plugin in FP16 (TensorRT 10's FP16 flag): check both
+            tokens, channels = (x[1], x[2]) if len(x) == 3 else (None, None)
+            second_channels = second[-1] if second else None
             half_only = types.get(node.input[0]) == onnx.TensorProto.FLOAT16
+            key = (spec.name, tokens, channels, second_channels, tuple(attrs.items()), half_only)
+            if key in kernels:
+                continue
+            kernel = AotKernel(node.name, spec.name, tokens, channels, attrs)
+            if tokens is None or channels is None or second_channels is None:
+                kernels[key] = replace(kernel, problem="the shapes of its inputs are not static")
+                continue
+            if on_kernel is not None:
+                on_kernel(node.name)
+            dtypes = {"fp16": torch.float16} if half_only else {"fp32": torch.float32}
+            dtypes.setdefault("fp16", torch.float16)
             try:
                 plan = kernel_plan(spec.name, tokens, channels, second_channels, attrs)
-                for dtype in (torch.float16,) if half_only else (torch.float32, torch.float16):
-                    compile_plan(plan, dtype, capability)
+                compiled = {name: compile_plan(plan, d, capability) for name, d in dtypes.items()}
             except KernelPlanError as exc:
-                return f"node {node.name!r}: {exc}"
-    return None
+                kernels[key] = replace(kernel, problem=str(exc))
+                continue
+            shared = {name: c.shared_bytes for name, c in compiled.items()}
+            threads = compiled["fp16"].threads
+            kernels[key] = replace(kernel, threads=threads, shared_bytes=shared)
+    return list(kernels.values())
+
+
+def aot_blocker(model: Any, capability: int) -> str | None:
+    """Why the AOT form cannot run every plugin node of ``model`` on a GPU of compute
+    ``capability`` (Triton missing, a shape not static, a kernel over the Triton kernels'
+    limits), or None when it can: what a build checks before choosing the AOT form."""
+    try:
+        kernels = aot_kernels(model, capability)
+    except UsageError as exc:
+        return str(exc)
+    problems = [k for k in kernels if k.problem is not None]
+    return f"node {problems[0].node!r}: {problems[0].problem}" if problems else None
