@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,29 @@ DEIT_SMALL = {  # the plugin nodes of DeiT-S ToMe r=13 / EViT / DivPrune, 197 to
     "TopKSelect": (197, 384, 1, {"k": 137, "protected": 1, "fuse": 1}),
     "DiverseSelect": (197, 384, 384, {"k": 98, "protected": 1}),
 }
+
+
+def _spilled_bytes(ptx: str) -> int:
+    """Bytes the kernel spills to local memory, from ``ptxas -v`` (Triton bundles ptxas)."""
+    import triton
+
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if not ptxas.is_file():
+        pytest.skip("Triton's bundled ptxas is missing")
+    target = re.search(r"\.target (sm_\w+)", ptx)
+    assert target is not None, "the PTX names no target"
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "kernel.ptx"
+        source.write_text(ptx)
+        run = subprocess.run(
+            [str(ptxas), f"-arch={target[1]}", "-v", str(source), "-o", str(source) + ".o"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    match = re.search(r"(\d+) bytes spill stores", run.stderr)
+    assert match is not None, run.stderr
+    return int(match[1])
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +97,8 @@ def test_kernel_compiles_to_ptx_for_jetson_orin_and_hopper(op, capability):
         assert kernel.threads == plan.num_warps * 32
         assert 0 < kernel.shared_bytes <= SHARED_MEMORY_LIMIT
         assert kernel.cubin[:4] == b"\x7fELF"
+        # tiles sized to the registers: a few bytes of spill at most (sm_90 TopKSelect: 4)
+        assert _spilled_bytes(kernel.ptx) <= 16, "registers spill to local memory"
 
 
 def test_kernels_that_cannot_run_are_refused_with_the_way_out(monkeypatch):

@@ -238,7 +238,7 @@ def test_the_aot_form_compiles_each_layer_s_triton_kernel_for_the_target_gpu(trt
     name, ptx, launch, scalars = diverse["aot"](x, features, size, 98, 1, outputs, 0)
     assert name == "diverse_select_kernel" and ".target sm_87" in ptx
     assert ".param .u64 .ptr .global .align 1 diverse_select_kernel_param_0" in ptx
-    assert launch.block_x == 128 and 0 < launch.shared_mem <= 48 * 1024
+    assert launch.block_x == 256 and 0 < launch.shared_mem <= 48 * 1024
     # one program per batch item: the grid and the kernel's int32 scalar are the batch dim
     assert launch.grid_x.expr is x.shape_expr[0] and scalars[0] is launch.grid_x
     with pytest.raises(QdpShapeError, match="the channel count must be static"):
