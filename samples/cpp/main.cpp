@@ -4,7 +4,8 @@
 //                    [--batch N] [--count N] [--seed S]
 //
 // Loads the plugin library into the runtime's plugin registry (the fused token-reduction
-// kernels the engine calls), deserialises the engine, takes every input's shape from the engine
+// kernels the engine calls; engines built with the AOT Python plugins carry their kernels and
+// need none), deserialises the engine, takes every input's shape from the engine
 // (a dynamic dimension from its optimisation profile's "opt" shape, the batch from --batch),
 // fills inputs with random values (floating point: N(0, 1); integer: ones, a valid token id and
 // attention mask), runs enqueueV3 on a CUDA stream and prints the first values of every output.
