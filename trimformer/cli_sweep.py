@@ -7,20 +7,45 @@ lazy so that ``--help`` is instant.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from trimformer.errors import UsageError
 
+if TYPE_CHECKING:
+    from trimformer.tuning.measure import BenchSettings, ModelSpec
+
 __all__ = ["sweep_command", "tune_command"]
 
 
 def _model_options(function: Callable[..., Any]) -> Callable[..., Any]:
-    """Options every point's export and measurement share."""
+    """Options every point's export and measurement share, handed to the command as ``spec``
+    (a ModelSpec) and ``settings`` (BenchSettings)."""
+
+    @functools.wraps(function)
+    def command(
+        model: str,
+        data: str,
+        limit: int | None,
+        batch: int,
+        runs: int,
+        threads: int | None,
+        checkpoint: Path | None,
+        image_size: int | None,
+        seq_len: int | None,
+        **rest: Any,
+    ) -> Any:
+        from trimformer.tuning.measure import BenchSettings, ModelSpec
+
+        spec = ModelSpec(model, checkpoint, image_size, seq_len)
+        return function(spec, BenchSettings(data, limit, batch, runs, threads), **rest)
+
     options = [
         click.argument("model"),
         click.option("--data", required=True, help="fashion-mnist, lee or polarity (see eval)."),
@@ -40,18 +65,23 @@ def _model_options(function: Callable[..., Any]) -> Callable[..., Any]:
             help="Timed runs per graph.",
         ),
         click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads."),
-        click.option("--checkpoint", type=click.Path(path_type=Path), default=None),
-        click.option("--image-size", type=int, default=None),
-        click.option("--seq-len", type=int, default=None),
+        click.option(
+            "--checkpoint",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Weights: .safetensors or a torch state dict (as export).",
+        ),
+        click.option(
+            "--image-size", type=int, default=None, help="Input resolution (default: the model's)."
+        ),
+        click.option("--seq-len", type=int, default=None, help="Text models: sequence length."),
     ]
     for option in reversed(options):
-        function = option(function)
-    return function
+        command = option(command)
+    return command
 
 
 def _param_names(method: str) -> set[str]:
-    import dataclasses
-
     from trimformer.methods import ConfigError, get_method
 
     try:
@@ -121,15 +151,8 @@ def _table(points: list[Any], title: str, marked: set[str]) -> Any:
     help="Folder for sweep.json and sweep.png.",
 )
 def sweep_command(
-    model: str,
-    data: str,
-    limit: int | None,
-    batch: int,
-    runs: int,
-    threads: int | None,
-    checkpoint: Path | None,
-    image_size: int | None,
-    seq_len: int | None,
+    spec: ModelSpec,
+    settings: BenchSettings,
     methods: tuple[str, ...],
     r_values: str | None,
     keep_values: str | None,
@@ -144,7 +167,6 @@ def sweep_command(
     from rich.console import Console
 
     from trimformer.cli import _parse_sets
-    from trimformer.tuning.measure import BenchSettings, ModelSpec
     from trimformer.tuning.points import Grid, knob_of, parse_values
     from trimformer.tuning.sweep import pareto_front, run_sweep, write_sweep
 
@@ -161,8 +183,6 @@ def sweep_command(
         grids.append(Grid(method, tuple(values), tuple(mine.items())))
     if unused := sorted(set(fixed) - taken):
         raise UsageError(f"--set {', '.join(unused)}: no method given takes it; check the name")
-    spec = ModelSpec(model, checkpoint, image_size, seq_len)
-    settings = BenchSettings(data, limit, batch, runs, threads)
     total = sum(len(g.values) for g in grids)
     with _progress() as bar, tempfile.TemporaryDirectory() as work:
         task = bar.add_task(f"sweeping {total} configs", total=total)
@@ -173,7 +193,7 @@ def sweep_command(
             Path(work),
             on_point=lambda p: bar.update(task, advance=1, description=f"measured {p.label}"),
         )
-    title = f"{_short(model)} on {data}, batch {batch}, ONNX Runtime"
+    title = f"{_short(spec.name)} on {settings.data}, batch {settings.batch}, ONNX Runtime"
     json_path, png_path = write_sweep(points, title, output)
     front = {p.label for p in pareto_front(points)}
     Console().print(_table(points, title, front))
@@ -198,15 +218,8 @@ def sweep_command(
     help="Profile to write (default: tuned-MODEL-DEVICE.yaml).",
 )
 def tune_command(
-    model: str,
-    data: str,
-    limit: int | None,
-    batch: int,
-    runs: int,
-    threads: int | None,
-    checkpoint: Path | None,
-    image_size: int | None,
-    seq_len: int | None,
+    spec: ModelSpec,
+    settings: BenchSettings,
     device: str,
     latency_ms: float | None,
     speedup: float | None,
@@ -222,7 +235,6 @@ def tune_command(
     from rich.console import Console
 
     from trimformer.profiles.device_profiles import load_device_profile
-    from trimformer.tuning.measure import BenchSettings, ModelSpec
     from trimformer.tuning.points import knob_of
     from trimformer.tuning.tune import Budget, tune, write_profile
 
@@ -236,14 +248,10 @@ def tune_command(
     names = [m.strip() for m in methods.split(",") if m.strip()]
     for name in names:
         knob_of(name)  # a method without a knob is refused before anything runs
-    spec = ModelSpec(model, checkpoint, image_size, seq_len)
-    settings = BenchSettings(
-        data,
-        limit,
-        batch,
-        runs,
-        threads if threads is not None else profile.threads,
-        list(profile.providers) or None,
+    settings = dataclasses.replace(
+        settings,
+        threads=settings.threads if settings.threads is not None else profile.threads,
+        providers=list(profile.providers) or None,
     )
     with _progress() as bar, tempfile.TemporaryDirectory() as work:
         task = bar.add_task("searching", total=None)
@@ -257,7 +265,7 @@ def tune_command(
         )
     console = Console()
     scored = [p for p in points if p.metric]
-    title = f"{_short(model)} on {profile.name}, budget {budget.describe()}"
+    title = f"{_short(spec.name)} on {profile.name}, budget {budget.describe()}"
     console.print(f"timed {len(points)} configs, scored {len(scored)}")
     if scored:
         console.print(_table(scored, title, {best.label} if best else set()))
@@ -266,7 +274,7 @@ def tune_command(
             f"no config of {', '.join(names)} meets {budget.describe()} on {profile.name}; "
             "relax the budget or add methods (--methods)"
         )
-    path = output or Path(f"tuned-{Path(model).name}-{profile.name}.yaml")
+    path = output or Path(f"tuned-{Path(spec.name).name}-{profile.name}.yaml")
     write_profile(best, spec, profile.name, budget, path)
     console.print(
         f"best: {best.label}; wrote {path} (use: trimformer export MODEL --config {path})"
