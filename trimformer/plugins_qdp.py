@@ -163,10 +163,18 @@ def _implementation(spec: OpSpec) -> Callable[..., None]:
 
 
 def _static_dim(desc: Any, axis: int, what: str, spec: OpSpec) -> int:
+    """A static dim of a tensor descriptor: its shape expression's constant, else (a fake
+    expression outside a shape context) the build-time dims TensorRT gave the descriptor."""
     dim = desc.shape_expr[axis]
-    if not dim.is_constant:
-        raise QdpShapeError(f"{qdp_id(spec)}: {what} must be static for the AOT kernel")
-    return int(dim.constant_value())
+    if not getattr(dim, "is_fake", False) and dim.is_constant:
+        return int(dim.constant_value())
+    try:
+        value = int(desc.shape[axis])
+    except (AttributeError, IndexError, RuntimeError, ValueError):
+        value = -1
+    if value > 0:
+        return value
+    raise QdpShapeError(f"{qdp_id(spec)}: {what} must be static for the AOT kernel")
 
 
 def _aot_implementation(spec: OpSpec, trtp: Any, trt: Any, capability: int) -> Callable[..., Any]:
