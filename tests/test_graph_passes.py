@@ -598,9 +598,6 @@ def test_save_model_with_external_data_over_the_limit(model, tmp_path: Path, mon
 # A real exported bundle
 # --------------------------------------------------------------------------------------------
 
-REAL_BUNDLE = Path("/tmp/out/deit-s/model.onnx")
-
-
 def check_passes_on_exported(model: onnx.ModelProto) -> None:
     """Every pass on a real export: ORT equality (fp16 within tolerance), plugins via references."""
     shape = [d.dim_value or 1 for d in model.graph.input[0].type.tensor_type.shape.dim]
@@ -615,12 +612,6 @@ def check_passes_on_exported(model: onnx.ModelProto) -> None:
     assert calls and results[1].counts["plugins"] == calls
     assert results[2].report.totals()[PLUGIN] == calls
     assert_outputs_close(run_reference(out, feeds), want, 1e-4)
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not REAL_BUNDLE.is_file(), reason=f"no exported bundle at {REAL_BUNDLE}")
-def test_passes_on_a_real_bundle():
-    check_passes_on_exported(onnx.load(REAL_BUNDLE))
 
 
 @pytest.mark.slow
