@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import sys
 import typing
+from importlib.machinery import ModuleSpec
 from types import SimpleNamespace
 from typing import Any
 
@@ -84,8 +85,7 @@ class ShapeExpr:
 
 
 class ShapeExprs(list):
-    def __setitem__(self, index: Any, value: Any) -> None:
-        super().__setitem__(index, value if isinstance(value, ShapeExpr) else ShapeExpr(value))
+    """As in TensorRT 10.6-10.8, an assigned value is stored as it is (an int would break)."""
 
 
 class TensorDesc:
@@ -174,6 +174,7 @@ def fake_trtp() -> SimpleNamespace:
         KernelLaunchParams=KernelLaunchParams,
         SymInt32=SymInt32,
         SymIntExprs=SymIntExprs,
+        ShapeExpr=ShapeExpr,
         TensorDesc=TensorDesc,
         AutoTuneCombination=lambda types, layouts: (types, layouts),
         plugins=plugins,
@@ -184,7 +185,12 @@ def fake_trtp() -> SimpleNamespace:
 def trtp(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     fake = fake_trtp()
     trt = SimpleNamespace(
-        __version__="10.9.0.34", Builder=object, plugin=fake, float16="float16", float32="float32"
+        __version__="10.9.0.34",
+        __spec__=ModuleSpec("tensorrt", None),  # torch's lazy imports look modules up by spec
+        Builder=object,
+        plugin=fake,
+        float16="float16",
+        float32="float32",
     )
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setitem(sys.modules, "tensorrt.plugin", fake)
@@ -205,21 +211,41 @@ def test_every_op_registers_with_descriptor_impl_and_autotune(trtp):
     assert str(impl_signature(get_op("DiverseSelect"))) == (
         "(x, features, size, k, protected, outputs, stream)"
     )
+    # TensorRT passes the descriptor's attributes by keyword
     x_out, size_out = diverse["describe"](
-        TensorDesc(2, 17, 8), TensorDesc(2, 17, 6), TensorDesc(2, 17, 1), 5, 1
+        TensorDesc(2, 17, 8), TensorDesc(2, 17, 6), TensorDesc(2, 17, 1), k=5, protected=1
     )
     assert x_out.dims == (2, 6, 8) and size_out.dims == (2, 6, 1)
     merge = trtp.plugins["trimformer::BipartiteMerge"]
     x_out, size_out = merge["describe"](
-        TensorDesc(None, 17, 8), TensorDesc(None, 17, 4), TensorDesc(None, 17, 1), 4, 1
+        TensorDesc(None, 17, 8), TensorDesc(None, 17, 4), TensorDesc(None, 17, 1), r=4, protected=1
     )
     assert x_out.dims == (None, 13, 8) and size_out.dims == (None, 13, 1)
-    types, layouts = merge["autotune"]()[0]
+    merge_inputs = [TensorDesc(None, 17, 8), TensorDesc(None, 17, 4), TensorDesc(None, 17, 1)]
+    types, layouts = merge["autotune"](*merge_inputs, [x_out, size_out])[0]
     assert types == ", ".join(["FP32|FP16"] * 5) and layouts == "LINEAR"
     with pytest.raises(QdpShapeError, match="must be static"):
         merge["describe"](
-            TensorDesc(1, None, 8), TensorDesc(1, None, 4), TensorDesc(1, None, 1), 1, 1
+            TensorDesc(1, None, 8), TensorDesc(1, None, 4), TensorDesc(1, None, 1), r=1, protected=1
         )
+
+
+def test_the_jit_impl_takes_the_stream_by_keyword_and_runs_the_torch_face(trtp):
+    import torch
+
+    register_qdp_plugins()
+    generator = torch.Generator().manual_seed(0)
+    x, metric = (
+        torch.randn(2, 17, 8, generator=generator),
+        torch.randn(2, 17, 4, generator=generator),
+    )
+    size = torch.ones(2, 17, 1)
+    outputs = [torch.full((2, 13, 8), float("nan")), torch.full((2, 13, 1), float("nan"))]
+    # TensorRT's call: inputs, attribute values, outputs, then the stream by keyword
+    trtp.plugins["trimformer::BipartiteMerge"]["impl"](x, metric, size, 4, 1, outputs, stream=0)
+    want = MERGE.torch_op(x, metric, size, 4, 1)
+    for got, expected in zip(outputs, want, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_old_tensorrt_has_no_qdp(trtp, monkeypatch):
@@ -234,7 +260,7 @@ def test_the_aot_form_compiles_each_layer_s_triton_kernel_for_the_target_gpu(trt
     diverse = trtp.plugins["trimformer::DiverseSelect"]
     x = TensorDesc(None, 197, 384, dtype="float16")
     features, size = TensorDesc(None, 197, 384), TensorDesc(None, 197, 1)
-    outputs = diverse["describe"](x, features, size, 98, 1)
+    outputs = diverse["describe"](x, features, size, k=98, protected=1)
     name, ptx, launch, scalars = diverse["aot"](x, features, size, 98, 1, outputs, 0)
     assert name == "diverse_select_kernel" and ".target sm_87" in ptx
     assert ".param .u64 .ptr .global .align 1 diverse_select_kernel_param_0" in ptx

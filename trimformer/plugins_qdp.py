@@ -25,6 +25,7 @@ Needs TensorRT >= 10.6.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -123,12 +124,18 @@ def aot_signature(spec: OpSpec, trtp: Any) -> inspect.Signature:
 
 
 def _with_signature(fn: Callable[..., Any], signature: inspect.Signature, name: str) -> Any:
-    fn.__signature__ = signature  # type: ignore[attr-defined]
-    fn.__name__ = fn.__qualname__ = name
-    return fn
+    """``fn`` (taking its arguments positionally, in ``signature``'s order) behind ``signature``:
+    TensorRT passes some arguments by keyword (the descriptor's attributes, the impl's stream)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return fn(*signature.bind(*args, **kwargs).arguments.values())
+
+    call.__signature__ = signature  # type: ignore[attr-defined]
+    call.__name__ = call.__qualname__ = name
+    return call
 
 
-def _descriptor(spec: OpSpec) -> Callable[..., Any]:
+def _descriptor(spec: OpSpec, trtp: Any) -> Callable[..., Any]:
     n_in = len(spec.inputs)
     names = [a.name for a in spec.attributes]
 
@@ -138,8 +145,9 @@ def _descriptor(spec: OpSpec) -> Callable[..., Any]:
         n = x.shape_expr[1]
         m = output_token_count(spec, n.constant_value() if n.is_constant else None, attrs)
         x_out, size_out = x.like(), size.like()
-        x_out.shape_expr[1] = m
-        size_out.shape_expr[1] = m
+        # a ShapeExpr, not an int: TensorRT 10.6-10.8 store what they are given as it is
+        x_out.shape_expr[1] = trtp.ShapeExpr(m)
+        size_out.shape_expr[1] = trtp.ShapeExpr(m)
         return x_out, size_out
 
     return describe
@@ -151,13 +159,20 @@ def _implementation(spec: OpSpec) -> Callable[..., None]:
     def run(*args: Any) -> None:
         import torch
 
-        tensors = [torch.as_tensor(t, device="cuda") for t in args[:n_in]]
+        # TensorRT's tensors expose __cuda_array_interface__: torch wraps them on their GPU
+        tensors = [torch.as_tensor(t) for t in args[:n_in]]
         attrs = args[n_in : n_in + n_attrs]
         outputs, stream = args[n_in + n_attrs], args[n_in + n_attrs + 1]
-        with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
+        device = tensors[0].device
+        on_stream = (
+            torch.cuda.stream(torch.cuda.ExternalStream(stream, device=device))
+            if device.type == "cuda"
+            else contextlib.nullcontext()
+        )
+        with on_stream:
             results = spec.torch_op(*tensors, *attrs)
             for out, result in zip(outputs, results, strict=True):
-                torch.as_tensor(out, device="cuda").copy_(result)
+                torch.as_tensor(out).copy_(result)
 
     return run
 
@@ -246,7 +261,7 @@ def register_qdp_plugins(aot_capability: int | None = None) -> list[str]:
         slug = spec.name.lower()
         if plugin_id not in _registered:
             descriptor = descriptor_signature(spec, trtp.TensorDesc)
-            trtp.register(plugin_id)(_with_signature(_descriptor(spec), descriptor, slug))
+            trtp.register(plugin_id)(_with_signature(_descriptor(spec, trtp), descriptor, slug))
             impl = _with_signature(_implementation(spec), impl_signature(spec), slug)
             trtp.impl(plugin_id)(impl)
             tune = _with_signature(_autotune(spec, trtp), autotune_signature(spec), slug)
