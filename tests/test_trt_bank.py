@@ -5,6 +5,7 @@ config switching (``ConfigSwitch``), which needs no TensorRT at all."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -398,6 +399,10 @@ def test_loading_a_stripped_engine_refits_it_from_its_graph_after_the_passes(
         raise _StopBeforeCuda
 
     monkeypatch.setattr(trt_session, "refit_engine", refit)
+    import torch
+
+    # no GPU here: opening the engine on the session's device is torch's device switch
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
     with pytest.raises(_StopBeforeCuda):
         trt_session.TrtSession(bundle, "desktop-rtx")
     assert ("registry.load_library()", (str(library),)) in log

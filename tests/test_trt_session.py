@@ -108,17 +108,21 @@ def test_built_engine_matches_onnx_runtime(tmp_path: Path):
     bundle = make_bundle(tmp_path / "b")
     build_engine(bundle, load_device_profile("desktop-rtx"), "fp32")
     rng = np.random.default_rng(0)
-    feed = {
-        "x": rng.standard_normal((2, 17, 8)).astype(np.float32),
-        "size": np.ones((2, 17, 1), np.float32),
-    }
+    feeds = [
+        {
+            "x": rng.standard_normal((batch, 17, 8)).astype(np.float32),
+            "size": np.ones((batch, 17, 1), np.float32),
+        }
+        for batch in (2, 1)
+    ]
     with load(bundle) as ort_session:
-        expected = ort_session.run(feed)
+        expected = [ort_session.run(feed) for feed in feeds]
     for cuda_graph in (False, True):
         with trt_session.load_engine(bundle, "desktop-rtx", cuda_graph=cuda_graph) as session:
-            for _ in range(2):  # the second run replays the CUDA graph
-                got = session.run(feed)
-                for name, want in expected.items():
+            # alternating batch sizes; the repeats replay the CUDA graphs
+            for index in (0, 1, 0, 1):
+                got = session.run(feeds[index])
+                for name, want in expected[index].items():
                     np.testing.assert_allclose(got[name], want, atol=1e-4)
 
 
@@ -147,3 +151,61 @@ def test_bank_engines_refit_and_match_onnx_runtime_per_config(tmp_path: Path):
             for got in (session.run(feed), session.run(feed, config=name)):
                 for key, want in expected.items():
                     np.testing.assert_allclose(got[key], want, atol=1e-4)
+
+
+class _Context:
+    """What an execution context remembers: input shapes and tensor addresses (TensorRT's
+    ``IExecutionContext`` keeps both until set again)."""
+
+    def __init__(self) -> None:
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.addresses: dict[str, int] = {}
+
+    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        self.shapes[name] = shape
+        return shape[0] <= 8  # the profile's batch range is 1..8
+
+    def set_tensor_address(self, name: str, address: int) -> None:
+        self.addresses[name] = address
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        return (self.shapes["x"][0], 4)
+
+
+def _unbound_engine() -> trt_session._Engine:
+    """An ``_Engine`` over a recording context, its buffers on the CPU (no GPU here)."""
+    import torch
+
+    engine = object.__new__(trt_session._Engine)
+    trt = SimpleNamespace(nptype=lambda dtype: np.float32)
+    vars(engine).update(
+        _trt=trt,
+        _torch=torch,
+        _device=torch.device("cpu"),
+        _file=Path("e.plan"),
+        _engine=SimpleNamespace(get_tensor_dtype=lambda name: "float"),
+        _context=_Context(),
+        _bound={},
+        _active=None,
+        inputs=(trt_session.TensorSpec("x", ("batch", 3), "float32"),),
+        outputs=(trt_session.TensorSpec("y", ("batch", 4), "float32"),),
+    )
+    return engine
+
+
+def test_alternating_batch_sizes_rebind_the_context_every_time():
+    engine = _unbound_engine()
+    context = engine._context
+    feeds = [{"x": np.zeros((batch, 3), np.float32)} for batch in (8, 3, 8, 8, 3)]
+    for feed in feeds:
+        bound = engine._bind(feed)
+        # the context runs on this feed's shapes and buffers, never a previous call's
+        assert context.shapes == {"x": feed["x"].shape}
+        assert context.addresses == {
+            "x": bound.inputs["x"].data_ptr(),
+            "y": bound.outputs["y"].data_ptr(),
+        }
+        assert tuple(bound.outputs["y"].shape) == (feed["x"].shape[0], 4)
+    assert len(engine._bound) == 2  # buffers are made once per shape set
+    with pytest.raises(UsageError, match=r"shape \(9, 3\) is outside the engine's profile"):
+        engine._bind({"x": np.zeros((9, 3), np.float32)})

@@ -104,6 +104,8 @@ class _Engine:
         self._cuda_graph = cuda_graph
         self._lock = threading.Lock()  # an execution context runs one inference at a time
         self._bound: dict[tuple[tuple[int, ...], ...], _Bound] = {}
+        self._active: tuple[tuple[int, ...], ...] | None = None  # the shapes set on the context
+        self._released = False
 
     def _check_engine_io(self, trt: ModuleType, engine: tensorrt.ICudaEngine) -> None:
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
@@ -119,62 +121,87 @@ class _Engine:
                 )
 
     def _bind(self, feed: Mapping[str, np.ndarray]) -> _Bound:
-        """Buffers for these input shapes, set on the context (made once per shape set)."""
-        torch = self._torch
+        """The buffers for these input shapes (made once per shape set), with their shapes and
+        addresses on the context whenever the previous run had other shapes."""
         key = tuple(tuple(feed[spec.name].shape) for spec in self.inputs)
         bound = self._bound.get(key)
-        if bound is not None:
-            return bound
-        engine, context = self._engine, self._context
-        inputs = {}
-        for spec in self.inputs:
-            array = feed[spec.name]
-            inputs[spec.name] = torch.empty(
-                array.shape, dtype=torch.from_numpy(array[:0]).dtype, device=self._device
-            )
-            if not context.set_input_shape(spec.name, tuple(array.shape)):
+        if bound is None:
+            bound = self._bound[key] = self._allocate(feed)
+        if self._active != key:
+            self._set_shapes(bound.inputs)
+            for name, buffer in (*bound.inputs.items(), *bound.outputs.items()):
+                self._context.set_tensor_address(name, buffer.data_ptr())
+            self._active = key
+        return bound
+
+    def _set_shapes(self, inputs: Mapping[str, Any]) -> None:
+        for name, buffer in inputs.items():
+            if not self._context.set_input_shape(name, tuple(buffer.shape)):
                 raise UsageError(
-                    f"input {spec.name!r} shape {array.shape} is outside the engine's profile; "
-                    f"see {self._file.with_suffix('.json')} for its batch range"
+                    f"input {name!r} shape {tuple(buffer.shape)} is outside the engine's "
+                    f"profile; see {self._file.with_suffix('.json')} for its batch range"
                 )
-            context.set_tensor_address(spec.name, inputs[spec.name].data_ptr())
+
+    def _allocate(self, feed: Mapping[str, np.ndarray]) -> _Bound:
+        """Device buffers for the inputs of ``feed`` and the outputs their shapes give."""
+        torch, engine = self._torch, self._engine
+        inputs = {
+            spec.name: torch.empty(
+                feed[spec.name].shape,
+                dtype=torch.from_numpy(feed[spec.name][:0]).dtype,
+                device=self._device,
+            )
+            for spec in self.inputs
+        }
+        self._set_shapes(inputs)
+        self._active = None  # the context's shapes are these, its addresses not yet
         outputs = {}
         for spec in self.outputs:
-            dims = context.get_tensor_shape(spec.name)
+            dims = self._context.get_tensor_shape(spec.name)
             shape = tuple(dims[i] for i in range(len(dims)))
             dtype = np.dtype(self._trt.nptype(engine.get_tensor_dtype(spec.name)))
             outputs[spec.name] = torch.empty(
                 shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype, device=self._device
             )
-            context.set_tensor_address(spec.name, outputs[spec.name].data_ptr())
-        bound = _Bound(inputs, outputs)
-        self._bound[key] = bound
-        return bound
+        return _Bound(inputs, outputs)
+
+    def _execute(self) -> None:
+        if not self._context.execute_async_v3(self._stream.cuda_stream):
+            raise RuntimeFailure(f"TensorRT failed running {self._file}")
 
     def _enqueue(self, bound: _Bound) -> None:
         torch = self._torch
         if bound.graph is not None:
             bound.graph.replay()
             return
-        context = self._context
-        if not context.execute_async_v3(self._stream.cuda_stream):
-            raise RuntimeFailure(f"TensorRT failed running {self._file}")
+        self._execute()
         if self._cuda_graph:  # capture after one plain run, as TensorRT requires
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"):
-                context.execute_async_v3(self._stream.cuda_stream)
+                self._execute()
             bound.graph = graph
 
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Copy inputs in, run the engine on its stream, copy outputs out."""
+        """Copy inputs in, run the engine on its stream and GPU, copy outputs out."""
         torch = self._torch
-        with self._lock, torch.cuda.stream(self._stream):
+        with self._lock, torch.cuda.device(self._device), torch.cuda.stream(self._stream):
+            if self._released:
+                raise UsageError(f"{self._file} was released; load the engines again")
             bound = self._bind(feed)
             for name, buffer in bound.inputs.items():
                 buffer.copy_(torch.from_numpy(np.ascontiguousarray(feed[name])))
             self._enqueue(bound)
             results = {name: t.cpu().numpy() for name, t in bound.outputs.items()}
         return {spec.name: results[spec.name] for spec in self.outputs}
+
+    def release(self) -> None:
+        """Free the buffers, CUDA graphs and execution context once the call in flight (if
+        any) returns; later runs are errors."""
+        with self._lock:
+            self._released = True
+            self._bound.clear()
+            self._active = None
+            self._context = None  # type: ignore[assignment]
 
 
 class TrtSession(Session):
@@ -261,26 +288,28 @@ class TrtSession(Session):
             self._runtime.get_plugin_registry().load_library(str(path))
 
     def _open_engine(self, name: str) -> _Engine:
-        """Deserialise ``name``'s engine, refit it when its weights were stripped."""
+        """Deserialise ``name``'s engine on the session's GPU (TensorRT uses the current
+        device), refit it when its weights were stripped."""
         plan_path, record = self._records[name]
-        engine = self._runtime.deserialize_cuda_engine(plan_path.read_bytes())
-        if engine is None:
-            raise RuntimeFailure(f"TensorRT could not deserialise {plan_path}; rebuild it")
-        if record.get("weights") == "stripped":
-            passes = record["settings"]["onnx_passes"]
-            model, _ = prepared_graph(self._bundle, str(record["graph_file"]), passes)
-            with saved_onnx(model) as path:
-                refit_engine(self._trt, engine, self._logger, path)
-        return _Engine(
-            self._trt,
-            self._torch,
-            self._device,
-            engine,
-            plan_path,
-            self.inputs,
-            self.outputs,
-            self._cuda_graph,
-        )
+        with self._torch.cuda.device(self._device):
+            engine = self._runtime.deserialize_cuda_engine(plan_path.read_bytes())
+            if engine is None:
+                raise RuntimeFailure(f"TensorRT could not deserialise {plan_path}; rebuild it")
+            if record.get("weights") == "stripped":
+                passes = record["settings"]["onnx_passes"]
+                model, _ = prepared_graph(self._bundle, str(record["graph_file"]), passes)
+                with saved_onnx(model) as path:
+                    refit_engine(self._trt, engine, self._logger, path)
+            return _Engine(
+                self._trt,
+                self._torch,
+                self._device,
+                engine,
+                plan_path,
+                self.inputs,
+                self.outputs,
+                self._cuda_graph,
+            )
 
     @property
     def configs(self) -> Mapping[str, Mapping[str, Any]]:
@@ -315,9 +344,10 @@ class TrtSession(Session):
         raise UsageError("profiling is an ONNX Runtime feature; use trtexec --dumpProfile")
 
     def close(self) -> None:
-        """Release the engines (each when its last call in flight returns); later calls to
-        ``run`` are errors."""
-        self._switch.close()
+        """Release the engines' buffers and contexts (each when its call in flight returns);
+        later calls to ``run`` are errors."""
+        for engine in self._switch.close():
+            engine.release()
 
     def _run_impl(
         self, feed: Mapping[str, np.ndarray], config: str | None = None
@@ -333,13 +363,16 @@ def load_engine(
     plugin_library: Path | None = None,
     config: str | None = None,
     preload: bool = False,
+    device: int = 0,
 ) -> TrtSession:
-    """Load a bundle's engines for ``profile`` (built by ``trimformer build``)."""
+    """Load a bundle's engines for ``profile`` (built by ``trimformer build``) on GPU
+    ``device``."""
     return TrtSession(
         bundle,
         profile,
         plugin_library=plugin_library,
         cuda_graph=cuda_graph,
+        device=device,
         config=config,
         preload=preload,
     )
