@@ -598,6 +598,7 @@ def test_save_model_with_external_data_over_the_limit(model, tmp_path: Path, mon
 # A real exported bundle
 # --------------------------------------------------------------------------------------------
 
+
 def check_passes_on_exported(model: onnx.ModelProto) -> None:
     """Every pass on a real export: ORT equality (fp16 within tolerance), plugins via references."""
     shape = [d.dim_value or 1 for d in model.graph.input[0].type.tensor_type.shape.dim]

@@ -217,6 +217,12 @@ class Recorder:
         return returns[key] if key in returns and not callable(returns[key]) else method
 
 
+def fake_registry(log: list, loads: bool = True) -> Recorder:
+    """TensorRT's plugin registry before our library is loaded: no trimformer creators; a load
+    returns a handle, or None (what TensorRT returns when dlopen or getCreators fails)."""
+    return Recorder(log, "registry", {"load_library": lambda path: "HANDLE" if loads else None})
+
+
 def fake_tensorrt(log: list, version: str = "10.3.0.26", parse_ok: bool = True) -> Any:
     """A stand-in for the documented TensorRT Python API used by build_engine."""
     enum = SimpleNamespace
@@ -227,7 +233,7 @@ def fake_tensorrt(log: list, version: str = "10.3.0.26", parse_ok: bool = True) 
         {"create_timing_cache": lambda data: cache, "get_timing_cache": lambda: cache},
     )
     opt_profile = Recorder(log, "profile")
-    registry = Recorder(log, "registry")
+    registry = fake_registry(log)
     error = SimpleNamespace(desc=lambda: "No importer registered for op: BipartiteMerge")
     builder = Recorder(
         log,
@@ -352,3 +358,20 @@ def test_build_engine_without_tensorrt_says_how_to_get_it(built, monkeypatch):
     with pytest.raises(UsageError, match="install TensorRT"):
         build_engine(bundle, profile("desktop-rtx"))
     assert trt_build.ENGINE_FORMAT == "trimformer-engine"
+
+
+def test_the_plugin_library_loads_once_and_a_failed_load_is_named(tmp_path: Path):
+    from trimformer.errors import RuntimeFailure
+    from trimformer.runtime.trt_env import load_plugin_library
+
+    library = tmp_path / "libtrimformer_plugins.so"
+    log: list = []
+    load_plugin_library(fake_registry(log), library)
+    assert ("registry.load_library()", (str(library),)) in log
+    loaded = Recorder(log, "loaded", {"get_creator": lambda *key: "CREATOR"})
+    load_plugin_library(loaded, library)  # its creators are registered: no second load
+    assert not any(key == "loaded.load_library()" for key, _ in log)
+    creator = next(args for key, args in log if key == "loaded.get_creator()")
+    assert creator == ("BipartiteMerge", "1", "trimformer")
+    with pytest.raises(RuntimeFailure, match=r"could not load the plugin library .* rebuild it"):
+        load_plugin_library(fake_registry(log, loads=False), library)

@@ -470,7 +470,7 @@ def load_plugins(
 
     The choice is recorded with the engine, so a runtime loads the same plugins.
     """
-    from trimformer.runtime.trt_env import find_plugin_library
+    from trimformer.runtime.trt_env import find_plugin_library, load_plugin_library
 
     try:
         path = find_plugin_library(library)
@@ -492,7 +492,7 @@ def load_plugins(
             return PluginChoice("qdp-aot")
         register_qdp_plugins()
         return PluginChoice("qdp", blocked)
-    registry.load_library(str(path))
+    load_plugin_library(registry, path)
     return PluginChoice("library")
 
 

@@ -2,7 +2,8 @@
 
 ``import_tensorrt`` imports the TensorRT Python package only when a TensorRT feature is used (a
 namespace package left by ``tensorrt-stubs`` alone is not TensorRT). ``find_plugin_library``
-locates ``libtrimformer_plugins.so``; ``gpu_identity`` names the GPU an engine is built for or run
+locates ``libtrimformer_plugins.so`` and ``load_plugin_library`` loads it (once per process);
+``gpu_identity`` names the GPU an engine is built for or run
 on; ``jetson_power_mode`` reads the power mode a Jetson runs at. Nothing here imports TensorRT,
 torch or CUDA at module import time.
 """
@@ -17,8 +18,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
-from trimformer.errors import UsageError
+from trimformer.errors import RuntimeFailure, UsageError
 
 __all__ = [
     "PLUGIN_LIBRARY",
@@ -30,6 +32,7 @@ __all__ = [
     "gpu_identity",
     "import_tensorrt",
     "jetson_power_mode",
+    "load_plugin_library",
     "parse_power_mode",
     "plugin_library_candidates",
     "tensorrt_version",
@@ -132,6 +135,23 @@ def find_plugin_library(explicit: Path | None = None) -> Path:
         "`trimformer plugins build` (in a source checkout, with TensorRT's headers, cmake and "
         f"nvcc), or point ${PLUGIN_LIBRARY_ENV} at it"
     )
+
+
+def load_plugin_library(registry: Any, path: Path) -> None:
+    """Load the plugin library into TensorRT's process-wide plugin ``registry``, unless its
+    creators are there already (a second load would fail on duplicates). TensorRT only logs a
+    failed load, so its handle is checked here and a failure named."""
+    from trimformer.graph_passes.base import PLUGIN_NAMESPACE, plugin_specs
+
+    spec = next(iter(plugin_specs().values()))
+    if registry.get_creator(spec.trt_plugin_name, str(spec.version), PLUGIN_NAMESPACE) is not None:
+        return
+    if registry.load_library(str(path)) is None:
+        raise RuntimeFailure(
+            f"TensorRT could not load the plugin library {path} (built for another TensorRT or "
+            "CUDA, or not a plugin library?); rebuild it here with `trimformer plugins build` "
+            "(TensorRT's log above says why)"
+        )
 
 
 @dataclass(frozen=True)

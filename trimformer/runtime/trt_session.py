@@ -41,6 +41,7 @@ from trimformer.runtime.trt_env import (
     find_plugin_library,
     gpu_identity,
     import_tensorrt,
+    load_plugin_library,
 )
 
 if TYPE_CHECKING:
@@ -285,7 +286,7 @@ class TrtSession(Session):
             register_qdp_plugins()
         if sources - {"qdp", "qdp-aot"}:  # AOT engines carry their kernels: nothing to load
             path = find_plugin_library(library)
-            self._runtime.get_plugin_registry().load_library(str(path))
+            load_plugin_library(self._runtime.get_plugin_registry(), path)
 
     def _open_engine(self, name: str) -> _Engine:
         """Deserialise ``name``'s engine on the session's GPU (TensorRT uses the current
