@@ -259,3 +259,15 @@ def test_sample_application_classifies_a_folder(tome_bundle, tmp_path):
     rows = [line.split("\t") for line in result.stdout.splitlines()]
     assert [row[0] for row in rows] == ["a.png", "b.png", "c.png"]
     assert all(0 < float(row[2]) <= 1 for row in rows)
+    # a backend this machine lacks: one line saying what is missing, no traceback
+    for backend, says in (
+        ("cuda", "CUDAExecutionProvider"),
+        ("tensorrt", "no engine for 'desktop-rtx'"),
+    ):
+        failed = subprocess.run(
+            [sys.executable, str(sample), str(tome_bundle), str(tmp_path), "--backend", backend],
+            capture_output=True,
+            text=True,
+        )
+        assert failed.returncode == 1 and failed.stderr.startswith("error: ")
+        assert says in failed.stderr and len(failed.stderr.strip().splitlines()) == 1

@@ -75,20 +75,17 @@ def test_session_without_tensorrt_says_how_to_get_it(bundle_with_engine, monkeyp
         trt_session.TrtSession(bundle_with_engine, "jetson-agx-orin")
 
 
-def test_provider_lists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_provider_lists(tmp_path: Path):
     assert execution_providers("cpu") == ["CPUExecutionProvider"]
     assert execution_providers("cuda", device_id=1) == [
         ("CUDAExecutionProvider", {"device_id": "1"}),
         "CPUExecutionProvider",
     ]
-    library = tmp_path / "libtrimformer_plugins.so"
-    library.write_bytes(b"")
-    monkeypatch.setenv(trt_env.PLUGIN_LIBRARY_ENV, str(library))
     providers = execution_providers("tensorrt", fp16=True, engine_cache=tmp_path / "cache")
     name, options = providers[0]
     assert name == "TensorrtExecutionProvider"
-    assert options["trt_extra_plugin_lib_paths"] == str(library)
     assert options["trt_fp16_enable"] == "True" and options["trt_engine_cache_enable"] == "True"
+    assert options["trt_engine_cache_path"] == str(tmp_path / "cache")
     assert providers[1:] == execution_providers("cuda")
     with pytest.raises(UsageError, match="backend 'openvino' is not one of cpu, cuda, tensorrt"):
         execution_providers("openvino")

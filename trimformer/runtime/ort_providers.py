@@ -1,10 +1,13 @@
-"""Execution-provider lists for the ONNX Runtime ``Session``: CUDA, and TensorRT with our plugins.
+"""Execution-provider lists for the ONNX Runtime ``Session``: CPU, CUDA, and TensorRT.
 
-Pass the result as ``providers=`` to ``trimformer.runtime.Session`` / ``load``. The TensorRT EP
-gets the plugin library through ``trt_extra_plugin_lib_paths``, so a graph rewritten by the
-``to-plugins`` pass (``trt.plugins`` nodes) runs our kernels; the bundle's own ``model.onnx``
-(function calls) runs there too, the calls inlined by TensorRT's parser. Each list falls back to
-CUDA, then CPU, for nodes the first provider does not take.
+Pass the result as ``providers=`` to ``trimformer.runtime.Session`` / ``load``. Each list falls
+back to CUDA, then CPU, for nodes the first provider does not take. ONNX Runtime's TensorRT
+provider runs the bundle's own graphs: their trimformer function calls are expanded into
+standard ONNX ops (by ONNX Runtime or TensorRT's parser), which TensorRT fuses as it can. Our
+plugin library cannot serve there: the provider lists the creators it maps ``trt.plugins`` nodes
+to with ``getPluginCreatorList``, which returns IPluginCreator (V2) creators only, and ours are
+IPluginCreatorV3One. For the plugins' kernels, build an engine (``trimformer build``) and run it
+with ``load_engine``.
 """
 
 from __future__ import annotations
@@ -22,14 +25,13 @@ EP_BACKENDS = ("cpu", "cuda", "tensorrt")
 def execution_providers(
     backend: str,
     device_id: int = 0,
-    plugin_library: Path | None = None,
     fp16: bool = False,
     engine_cache: Path | None = None,
 ) -> list[Provider]:
     """The provider list for ``backend`` (cpu, cuda or tensorrt).
 
-    For tensorrt, ``plugin_library`` defaults to ``find_plugin_library()``; ``fp16`` enables the
-    EP's FP16 mode; ``engine_cache`` makes it keep built engines in that folder.
+    For tensorrt, ``fp16`` enables the provider's FP16 mode and ``engine_cache`` makes it keep
+    the engines it builds in that folder (building takes minutes: keep them).
     """
     if backend not in EP_BACKENDS:
         raise UsageError(f"backend {backend!r} is not one of {', '.join(EP_BACKENDS)}")
@@ -41,11 +43,8 @@ def execution_providers(
     cuda: list[Provider] = [("CUDAExecutionProvider", {"device_id": str(device_id)})]
     if backend == "cuda":
         return cuda + cpu
-    from trimformer.runtime.trt_env import find_plugin_library
-
     options = {
         "device_id": str(device_id),
-        "trt_extra_plugin_lib_paths": str(find_plugin_library(plugin_library)),
         "trt_fp16_enable": "True" if fp16 else "False",
     }
     if engine_cache is not None:
