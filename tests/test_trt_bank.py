@@ -14,7 +14,15 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from test_trt_build import GPU, TRT10, TRT11, Recorder, fake_registry, fake_tensorrt
+from test_trt_build import (
+    GPU,
+    TRT10,
+    TRT11,
+    FakeLogger,
+    Recorder,
+    fake_registry,
+    fake_tensorrt,
+)
 from trt_helpers import BANK, make_bank_bundle, make_bundle, profile
 
 from trimformer.bundle import read_manifest
@@ -388,7 +396,7 @@ def test_loading_a_stripped_engine_refits_it_from_its_graph_after_the_passes(
     runtime._returns["get_plugin_registry"] = lambda: fake_registry(log)
     trt = SimpleNamespace(
         __version__="10.3.0.26",
-        Logger=type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None}),
+        Logger=FakeLogger,
         Runtime=lambda logger: runtime,
     )
     monkeypatch.setattr(trt_session, "import_tensorrt", lambda: trt)

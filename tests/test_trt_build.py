@@ -61,7 +61,6 @@ def test_precision_is_builder_flags_on_10_and_graph_passes_on_11(
     assert settings.onnx_passes == passes
     assert settings.builder_flags == flags
     assert settings.strongly_typed is strongly_typed
-    assert settings.network_flags == ()  # TensorRT 11 ignores STRONGLY_TYPED; 10 stays weak
     assert settings.requires_qdq is (precision == "int8")
     assert settings.tensorrt == str(version)
 
@@ -217,6 +216,15 @@ class Recorder:
         return returns[key] if key in returns and not callable(returns[key]) else method
 
 
+class FakeLogger:
+    """``trt.Logger``: remembers the severity it was made with."""
+
+    WARNING, VERBOSE = 2, 4
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+
+
 def fake_registry(log: list, loads: bool = True) -> Recorder:
     """TensorRT's plugin registry before our library is loaded: no trimformer creators; a load
     returns a handle, or None (what TensorRT returns when dlopen or getCreators fails)."""
@@ -260,7 +268,7 @@ def fake_tensorrt(log: list, version: str = "10.3.0.26", parse_ok: bool = True) 
     return SimpleNamespace(
         __version__=version,
         Builder=lambda logger: builder,
-        Logger=type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None}),
+        Logger=FakeLogger,
         OnnxParser=parser,
         MemoryPoolType=enum(WORKSPACE="WORKSPACE"),
         BuilderFlag=enum(
@@ -375,3 +383,13 @@ def test_the_plugin_library_loads_once_and_a_failed_load_is_named(tmp_path: Path
     assert creator == ("BipartiteMerge", "1", "trimformer")
     with pytest.raises(RuntimeFailure, match=r"could not load the plugin library .* rebuild it"):
         load_plugin_library(fake_registry(log, loads=False), library)
+
+
+def test_tensorrt_logs_verbosely_when_debugging(monkeypatch):
+    from trimformer.runtime.trt_env import tensorrt_logger
+
+    trt = SimpleNamespace(Logger=FakeLogger)
+    monkeypatch.delenv("TRIMFORMER_DEBUG", raising=False)
+    assert tensorrt_logger(trt).level == FakeLogger.WARNING
+    monkeypatch.setenv("TRIMFORMER_DEBUG", "1")
+    assert tensorrt_logger(trt).level == FakeLogger.VERBOSE

@@ -37,7 +37,7 @@ from trimformer.errors import RuntimeFailure, UsageError
 from trimformer.profiles.device_profiles import BatchRange, DeviceProfile
 from trimformer.runtime.session import TensorSpec
 from trimformer.runtime.trt_bank import REFIT_STEPS, BankEngine, engine_key, plan_bank, weight_flags
-from trimformer.runtime.trt_env import GpuIdentity, TrtVersion
+from trimformer.runtime.trt_env import GpuIdentity, TrtVersion, tensorrt_logger
 
 if TYPE_CHECKING:
     import onnx
@@ -84,7 +84,6 @@ class BuildSettings:
     precision: str
     strongly_typed: bool
     onnx_passes: tuple[str, ...]
-    network_flags: tuple[str, ...]
     builder_flags: tuple[str, ...]
     workspace_bytes: int
     optimization_level: int
@@ -96,7 +95,6 @@ class BuildSettings:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["onnx_passes"] = list(self.onnx_passes)
-        data["network_flags"] = list(self.network_flags)
         data["builder_flags"] = list(self.builder_flags)
         return data
 
@@ -154,7 +152,6 @@ def build_settings(
         precision=precision,
         strongly_typed=strongly_typed,
         onnx_passes=tuple(passes),
-        network_flags=(),
         builder_flags=tuple(flags),
         workspace_bytes=profile.workspace_mib * _MIB,
         optimization_level=profile.builder_optimization_level,
@@ -414,13 +411,6 @@ def configure_builder(
     config.add_optimization_profile(profile)
 
 
-def _network_flags(trt: ModuleType, settings: BuildSettings) -> int:
-    bits = 0
-    for flag in settings.network_flags:
-        bits |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, flag))
-    return bits
-
-
 def _parse(
     trt: ModuleType,
     network: tensorrt.INetworkDefinition,
@@ -535,7 +525,9 @@ def build_engines(
     version = TrtVersion.parse(trt.__version__)
     base = build_settings(profile, version, precision, timing_cache)
     jobs = plan_bank(manifest, configs, version, base.dla_core)
-    stripped = replace(base, builder_flags=base.builder_flags + weight_flags(version, None))
+    stripped = replace(
+        base, builder_flags=base.builder_flags + weight_flags(version, base.dla_core)
+    )
     graphs = manifest["graphs"]
     gpu = gpu_identity()
     power_mode = jetson_power_mode()
@@ -570,13 +562,14 @@ def _build_plan(
             "use --precision fp16"
         )
 
-    logger: tensorrt.ILogger = trt.Logger(trt.Logger.WARNING)
+    logger: tensorrt.ILogger = tensorrt_logger(trt)
     builder: tensorrt.Builder = trt.Builder(logger)
     major, minor = gpu.compute_capability.split(".")
     plugins = load_plugins(
         trt, builder.get_plugin_registry(), plugin_library, model, int(major) * 10 + int(minor)
     )
-    network = builder.create_network(_network_flags(trt, settings) | plugins.network_flags(trt))
+    # weakly typed on TensorRT 10 (precision from builder flags); 11 is always strongly typed
+    network = builder.create_network(plugins.network_flags(trt))
     _parse(trt, network, logger, model)
     config = builder.create_builder_config()
     configure_builder(trt, builder, config, settings, shapes)

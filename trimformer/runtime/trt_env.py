@@ -35,6 +35,7 @@ __all__ = [
     "load_plugin_library",
     "parse_power_mode",
     "plugin_library_candidates",
+    "tensorrt_logger",
     "tensorrt_version",
 ]
 
@@ -135,6 +136,13 @@ def find_plugin_library(explicit: Path | None = None) -> Path:
         "`trimformer plugins build` (in a source checkout, with TensorRT's headers, cmake and "
         f"nvcc), or point ${PLUGIN_LIBRARY_ENV} at it"
     )
+
+
+def tensorrt_logger(trt: ModuleType) -> Any:
+    """TensorRT's logger at WARNING, or VERBOSE with $TRIMFORMER_DEBUG set (the builder's and
+    parser's full account of a failure, which the errors point to)."""
+    debug = bool(os.environ.get("TRIMFORMER_DEBUG"))
+    return trt.Logger(trt.Logger.VERBOSE if debug else trt.Logger.WARNING)
 
 
 def load_plugin_library(registry: Any, path: Path) -> None:

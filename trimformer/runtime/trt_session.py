@@ -42,6 +42,7 @@ from trimformer.runtime.trt_env import (
     gpu_identity,
     import_tensorrt,
     load_plugin_library,
+    tensorrt_logger,
 )
 
 if TYPE_CHECKING:
@@ -254,7 +255,7 @@ class TrtSession(Session):
         self._torch = torch
         self._device = torch.device("cuda", device)
         self._trt = trt
-        self._logger: tensorrt.ILogger = trt.Logger(trt.Logger.WARNING)
+        self._logger: tensorrt.ILogger = tensorrt_logger(trt)
         self._runtime: tensorrt.Runtime = trt.Runtime(self._logger)
         self._load_plugins(
             {str(r.get("plugins")) for _, r in self._records.values()}, plugin_library
