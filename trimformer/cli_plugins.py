@@ -146,12 +146,11 @@ def aot_plugins_command(bundle: Path, arch: str) -> None:
                 status.update(f"compiling for sm_{capability}: {graph_name} / {escape(node)}")
 
             for kernel in aot_kernels(model, capability, show):
-                key = (kernel.op, kernel.tokens, kernel.channels, tuple(kernel.attrs.items()))
-                kernels.setdefault(key, (kernel, []))[1].append(graph_name)
+                kernels.setdefault(kernel.key, (kernel, []))[1].append(graph_name)
     table = Table(title=f"Triton kernels of {bundle.name} for sm_{capability}")
     several = len({name for _, graphs in kernels.values() for name in graphs}) > 1
     columns = ["graph"] if several else []
-    columns += ["op", "tokens", "C", "attributes", "threads", "shared KiB", "AOT"]
+    columns += ["op", "tokens", "C / 2nd C", "attributes", "threads", "shared KiB", "AOT"]
     for column in columns:
         table.add_column(column)
     for kernel, graphs in kernels.values():
@@ -159,7 +158,7 @@ def aot_plugins_command(bundle: Path, arch: str) -> None:
         row += [
             kernel.op,
             str(kernel.tokens),
-            str(kernel.channels),
+            f"{kernel.channels} / {kernel.second_channels}",
             " ".join(f"{k}={v}" for k, v in kernel.attrs.items()),
             str(kernel.threads or "-"),
             " ".join(f"{d} {b / 1024:.0f}" for d, b in kernel.shared_bytes.items()) or "-",

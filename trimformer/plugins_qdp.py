@@ -284,10 +284,18 @@ class AotKernel:
     op: str
     tokens: int | None
     channels: int | None
+    second_channels: int | None  # the channels of the op's second input (metric, scores, ...)
     attrs: Mapping[str, int]
+    half_only: bool = False  # an FP16 graph: its kernel is compiled for fp16 alone
     threads: int | None = None
     shared_bytes: Mapping[str, int] = field(default_factory=dict)
     problem: str | None = None
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """What makes two plugin nodes need different kernels."""
+        shape = (self.tokens, self.channels, self.second_channels)
+        return (self.op, *shape, tuple(self.attrs.items()), self.half_only)
 
 
 def _static_input_shapes(model: Any) -> tuple[dict[str, tuple[int | None, ...]], dict[str, int]]:
@@ -335,10 +343,12 @@ def aot_kernels(
             tokens, channels = (x[1], x[2]) if len(x) == 3 else (None, None)
             second_channels = second[-1] if second else None
             half_only = types.get(node.input[0]) == onnx.TensorProto.FLOAT16
-            key = (spec.name, tokens, channels, second_channels, tuple(attrs.items()), half_only)
+            kernel = AotKernel(
+                node.name, spec.name, tokens, channels, second_channels, attrs, half_only
+            )
+            key = kernel.key
             if key in kernels:
                 continue
-            kernel = AotKernel(node.name, spec.name, tokens, channels, attrs)
             if tokens is None or channels is None or second_channels is None:
                 kernels[key] = replace(kernel, problem="the shapes of its inputs are not static")
                 continue
