@@ -579,8 +579,9 @@ def test_cli_refuses_an_unreadable_input(tmp_path: Path, content, match):
 
 def test_save_model_with_external_data_over_the_limit(model, tmp_path: Path, monkeypatch):
     from trimformer import cli_passes as cli
+    from trimformer.graph_passes import model_io
 
-    monkeypatch.setattr(cli, "_PROTOBUF_LIMIT", 0)  # as if the model were over 2 GiB
+    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", 0)  # as if the model were over 2 GiB
     big = onnx.ModelProto()
     big.CopyFrom(model)
     big.graph.initializer.append(_tensor("big", np.arange(4096, dtype=np.float32)))
@@ -592,6 +593,36 @@ def test_save_model_with_external_data_over_the_limit(model, tmp_path: Path, mon
     assert set(got) == set(want)
     for name, value in want.items():
         np.testing.assert_array_equal(got[name], value)
+
+
+def test_passes_run_past_the_protobuf_limit_through_files(model, feeds, monkeypatch):
+    from trimformer.graph_passes import model_io
+
+    names = ["cleanup", "fp16", "to-plugins", "lint"]
+    want, _ = run_passes(model, names)
+    big = onnx.ModelProto()
+    big.CopyFrom(model)
+    big.graph.initializer.append(_tensor("big", np.arange(4096, dtype=np.float32)))
+    before = big.SerializeToString()
+    # as over 2 GiB: protobuf refuses to serialise the model for onnx's in-memory calls
+    check, infer = onnx.checker.check_model, onnx.shape_inference.infer_shapes
+
+    def refuse(call):
+        def refused(model, *args, **kwargs):
+            if isinstance(model, onnx.ModelProto):
+                raise ValueError("Message onnx.ModelProto exceeds maximum protobuf size of 2GB")
+            return call(model, *args, **kwargs)
+
+        return refused
+
+    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", 0)
+    monkeypatch.setattr(onnx.checker, "check_model", refuse(check))
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", refuse(infer))
+    got, _ = run_passes(big, names)
+    assert big.SerializeToString() == before  # the weights went to a file and came back
+    assert [n.op_type for n in got.graph.node] == [n.op_type for n in want.graph.node]
+    monkeypatch.undo()
+    assert_outputs_close(run_reference(got, feeds), run_reference(want, feeds), 0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,8 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = ["lint_table", "passes_command", "results_table", "save_model"]
 
-_PROTOBUF_LIMIT = 2**31 - 2**20  # protobuf's 2 GiB, less headroom for the model's other fields
-
 
 @click.command("passes")
 @click.argument("model_path", metavar="IN.onnx", type=click.Path(path_type=Path))
@@ -96,6 +94,8 @@ def save_model(model: onnx.ModelProto, path: Path) -> None:
     """
     import onnx
 
+    from trimformer.graph_passes.model_io import PROTOBUF_LIMIT
+
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,7 +106,7 @@ def save_model(model: onnx.ModelProto, path: Path) -> None:
         ) from None
     data = f"{path.name}.data"
     try:
-        external = model.ByteSize() > _PROTOBUF_LIMIT
+        external = model.ByteSize() > PROTOBUF_LIMIT
         onnx.save_model(
             model,
             tmp / path.name,

@@ -299,9 +299,10 @@ class AotKernel:
 
 
 def _static_input_shapes(model: Any) -> tuple[dict[str, tuple[int | None, ...]], dict[str, int]]:
-    import onnx
 
-    graph = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
+    from trimformer.graph_passes.model_io import infer_shapes
+
+    graph = infer_shapes(model).graph
     infos = (*graph.input, *graph.value_info, *graph.output)
     shapes = {
         info.name: tuple(

@@ -9,7 +9,8 @@ returns a ``PassResult`` (new model, modified, counts). One pass per module:
 - ``fp16``        FP16 with LayerNormalization, Softmax and our ops kept in FP32
 - ``lint``        our nodes match registered ops; a report of what runs where
 
-``reference`` runs plugin graphs on CPU through each op's reference implementation.
+``reference`` runs plugin graphs on CPU through each op's reference implementation;
+``model_io`` checks and shape-infers models past protobuf's 2 GiB limit (through files).
 """
 
 from __future__ import annotations

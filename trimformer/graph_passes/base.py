@@ -17,6 +17,7 @@ import onnx
 from onnx import helper
 
 from trimformer.errors import UsageError
+from trimformer.graph_passes.model_io import check_model, infer_shapes
 from trimformer.ops import DOMAIN, OpSpec, registered_ops
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ def run_passes(
         result = graph_pass(model)
         if check:
             try:
-                onnx.checker.check_model(result.model)
+                check_model(result.model)
             except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
                 first = str(exc).strip().splitlines()[0]
                 raise PostconditionError(
@@ -202,8 +203,7 @@ def token_counts(model: onnx.ModelProto) -> dict[str, int]:
     Our ops take tokens as [B,N,...] in their first input; the count lets ``OpSpec.validate``
     check attributes against N (e.g. that r does not exceed what N tokens allow).
     """
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    graph = inferred.graph
+    graph = infer_shapes(model).graph
     counts = {}
     for info in (*graph.input, *graph.value_info, *graph.output):
         shape = info.type.tensor_type.shape

@@ -26,6 +26,7 @@ from trimformer.graph_passes.base import (
     register_pass,
     walk_nodes,
 )
+from trimformer.graph_passes.model_io import infer_shapes
 from trimformer.ops import DOMAIN
 
 __all__ = ["CLEANUP", "cleanup"]
@@ -95,7 +96,7 @@ def cleanup(model: onnx.ModelProto) -> PassResult:
     functions_removed = len(out.functions) - len(kept)
     del out.functions[:]
     out.functions.extend(kept)
-    out = onnx.shape_inference.infer_shapes(out, strict_mode=False, data_prop=True)
+    out = infer_shapes(out, data_prop=True)
     folded = produced & {t.name for t in out.graph.initializer}
     return PassResult(
         _NAME,

@@ -45,6 +45,7 @@ from trimformer.graph_passes.base import (
     walk_nodes,
 )
 from trimformer.graph_passes.inline import INLINED_KEY
+from trimformer.graph_passes.model_io import infer_shapes
 from trimformer.ops import DOMAIN
 
 __all__ = ["FP16", "FP32_STANDARD_OPS", "convert_fp16", "keeps_fp32"]
@@ -63,7 +64,7 @@ def keeps_fp32(node: onnx.NodeProto) -> bool:
 
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    graph = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
+    graph = infer_shapes(model).graph
     types = {t.name: t.data_type for t in graph.initializer}
     for info in (*graph.input, *graph.value_info, *graph.output):
         if info.type.tensor_type.elem_type:
@@ -193,10 +194,11 @@ def convert_fp16(model: onnx.ModelProto) -> PassResult:
     _declare_op_outputs(work)
     casts_before = sum(_cast_to(n) is not None for n in work.graph.node)
     converted = float16.convert_float_to_float16(
-        work,
+        infer_shapes(work),  # ours works past 2 GiB; the converter's in-memory one does not
         keep_io_types=True,
         op_block_list=float16.DEFAULT_OP_BLOCK_LIST,
         node_block_list=blocked,
+        disable_shape_infer=True,
     )
     pairs = _bypass_cast_pairs(converted)
     out = _toposorted(converted)

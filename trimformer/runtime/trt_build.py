@@ -20,12 +20,11 @@ top-level names in ``files``.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
@@ -65,7 +64,6 @@ __all__ = [
     "prepared_graph",
     "read_engine_record",
     "require_tensorrt_profile",
-    "saved_onnx",
     "write_engine",
 ]
 
@@ -368,17 +366,6 @@ def prepared_graph(
     return run_passes(onnx.load(bundle / graph_file), passes)
 
 
-@contextlib.contextmanager
-def saved_onnx(model: onnx.ModelProto) -> Iterator[Path]:
-    """``model`` saved in a temporary directory with its weights external (over 2 GiB works)."""
-    import onnx
-
-    with tempfile.TemporaryDirectory(prefix="trimformer-trt-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        onnx.save_model(model, path, save_as_external_data=True, location="weights.bin")
-        yield path
-
-
 # --------------------------------------------------------------------------------------------
 # The TensorRT calls
 # --------------------------------------------------------------------------------------------
@@ -419,6 +406,8 @@ def _parse(
 ) -> None:
     """Parse ``model`` into ``network`` from a file, so weights over 2 GiB can stay external."""
     parser: tensorrt.OnnxParser = trt.OnnxParser(network, logger)
+    from trimformer.graph_passes.model_io import saved_onnx
+
     with saved_onnx(model) as path:
         if parser.parse_from_file(str(path)):
             return

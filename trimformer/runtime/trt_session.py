@@ -34,7 +34,6 @@ from trimformer.runtime.trt_build import (
     check_engine_compatible,
     prepared_graph,
     read_engine_record,
-    saved_onnx,
 )
 from trimformer.runtime.trt_env import (
     TrtVersion,
@@ -298,6 +297,8 @@ class TrtSession(Session):
             if engine is None:
                 raise RuntimeFailure(f"TensorRT could not deserialise {plan_path}; rebuild it")
             if record.get("weights") == "stripped":
+                from trimformer.graph_passes.model_io import saved_onnx
+
                 passes = record["settings"]["onnx_passes"]
                 model, _ = prepared_graph(self._bundle, str(record["graph_file"]), passes)
                 with saved_onnx(model) as path:
