@@ -105,7 +105,7 @@ TRIMFORMER_HD void diverseSelectPhase(int32_t phase, Lanes lanes, DiverseSelectP
         {
             dot += toFloat(fa[ch]) * toFloat(fb[ch]);
         }
-        return dot * s.invNorm[a] * s.invNorm[b];
+        return dot * (s.invNorm[a] * s.invNorm[b]); // symmetric: sim(a,b) == sim(b,a) exactly
     };
     // Update the tokens of every group this lane owns with `score`, then reduce the group to its
     // smallest `closest`, ties to the lowest token (tokens are visited in ascending order).
