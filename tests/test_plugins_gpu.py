@@ -22,7 +22,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> kh.KernelHarness:
-    return kh.KernelHarness(kh.build_library(tmp_path_factory.mktemp("gpu"), arch="native"))
+    return kh.KernelHarness(kh.build_library(tmp_path_factory.mktemp("gpu"), arch=kh.device_arch()))
 
 
 @pytest.mark.parametrize("case", kh.load_matrix(), ids=lambda c: c.label)

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,13 @@ def load_matrix(path: Path = PLUGINS_DIR / "config.yaml") -> list[KernelCase]:
     return cases
 
 
+def device_arch() -> str:
+    """The current GPU's architecture as nvcc names it (sm_90), rather than relying on nvcc's
+    own detection (-arch=native)."""
+    major, minor = torch.cuda.get_device_capability()
+    return f"sm_{major}{minor}"
+
+
 def build_library(out_dir: Path, arch: str | None = None, nvcc: str = "nvcc") -> Path:
     """Compile the harness and every kernel into ``out_dir/libtrimformer_harness.so``."""
     if shutil.which(nvcc) is None:
@@ -102,7 +110,9 @@ def build_library(out_dir: Path, arch: str | None = None, nvcc: str = "nvcc") ->
     command = [nvcc, "-shared", "-Xcompiler", "-fPIC", "-std=c++17", "-O2", "-o", str(out)]
     command += [f"-arch={arch}"] if arch else []
     command += [str(PLUGINS_DIR / "harness" / "harness.cu"), *map(str, kernel_sources())]
-    subprocess.run(command, check=True, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"nvcc failed building the harness:\n{result.stderr}")
     return out
 
 
@@ -157,12 +167,18 @@ class KernelHarness:
         self._lib.trimformer_error_name.argtypes = [ctypes.c_int]
 
     def run(
-        self, op_name: str, inputs: Sequence[torch.Tensor], attrs: Mapping[str, Any], lanes: int = 7
+        self,
+        op_name: str,
+        inputs: Sequence[torch.Tensor],
+        attrs: Mapping[str, Any],
+        lanes: int = 7,
+        poison: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Outputs (x_out, size_out) of ``op_name`` on ``inputs`` (contiguous, one dtype).
 
         CUDA inputs run the kernel on torch's current stream; CPU inputs run the host emulation
-        with ``lanes`` simulated threads per phase.
+        with ``lanes`` simulated threads per phase. Outputs start as NaN (``poison``) so an
+        element never written shows; timing turns that off.
         """
         spec = get_op(op_name)
         x, second, size = (t.contiguous() for t in inputs)
@@ -171,8 +187,9 @@ class KernelHarness:
         b, n, c = x.shape
         spec.validate(dict(attrs), n)
         m = spec.output_tokens(n, attrs)
-        x_out = torch.full((b, m, c), float("nan"), dtype=x.dtype, device=x.device)
-        size_out = torch.full((b, m, 1), float("nan"), dtype=x.dtype, device=x.device)
+        make = partial(torch.full, fill_value=float("nan")) if poison else torch.empty
+        x_out = make((b, m, c), dtype=x.dtype, device=x.device)
+        size_out = make((b, m, 1), dtype=x.dtype, device=x.device)
         if op_name == "BipartiteMerge":
             params = (b, n, c, second.shape[-1], attrs["r"], attrs["protected"])
         elif op_name == "DiverseSelect":

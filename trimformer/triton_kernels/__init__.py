@@ -15,6 +15,7 @@ from trimformer.triton_kernels.runner import (
     compile_plan,
     kernel_plan,
     launch,
+    plan_for,
     run_op,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "compile_plan",
     "kernel_plan",
     "launch",
+    "plan_for",
     "run_op",
 ]

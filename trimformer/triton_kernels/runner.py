@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -37,6 +38,7 @@ __all__ = [
     "compile_plan",
     "kernel_plan",
     "launch",
+    "plan_for",
     "run_op",
 ]
 
@@ -123,10 +125,13 @@ def kernel_plan(
     return KernelPlan(op, tokens, output_tokens, constexprs, 16 if wide else 8)
 
 
-def launch(plan: KernelPlan, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def launch(
+    plan: KernelPlan, inputs: Sequence[torch.Tensor], poison: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``plan`` on (x, second, size): CUDA tensors on the GPU, CPU tensors interpreted.
 
-    Outputs are allocated poisoned with NaN, so an element the kernel forgets to write shows.
+    Outputs are allocated poisoned with NaN (``poison``), so an element the kernel forgets to
+    write shows; timing turns that off, as it costs two fill kernels per call.
     """
     x, second, size = (t.contiguous() for t in inputs)
     if len({x.dtype, second.dtype, size.dtype}) != 1 or x.dtype not in _POINTER_TYPES:
@@ -135,8 +140,9 @@ def launch(plan: KernelPlan, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tens
     if tokens != plan.tokens or channels != plan.constexprs["C"]:
         raise KernelPlanError(f"{plan.op}: the plan is for {plan.tokens} tokens, got {tokens}")
     m = plan.output_tokens
-    x_out = torch.full((batch, m, channels), float("nan"), dtype=x.dtype, device=x.device)
-    size_out = torch.full((batch, m, 1), float("nan"), dtype=x.dtype, device=x.device)
+    make = partial(torch.full, fill_value=float("nan")) if poison else torch.empty
+    x_out = make((batch, m, channels), dtype=x.dtype, device=x.device)
+    size_out = make((batch, m, 1), dtype=x.dtype, device=x.device)
     interpreted = isinstance(plan.kernel, InterpretedFunction)
     if x.is_cuda == interpreted:
         raise KernelPlanError(
@@ -149,13 +155,18 @@ def launch(plan: KernelPlan, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tens
     return x_out, size_out
 
 
+def plan_for(op: str, inputs: Sequence[torch.Tensor], attrs: Mapping[str, int]) -> KernelPlan:
+    """The plan of ``op`` for the shapes of (x, second, size)."""
+    x, second = inputs[0], inputs[1]
+    second_channels = second.shape[-1] if second.dim() == 3 else 1  # TopKSelect's scores: [B,N]
+    return kernel_plan(op, x.shape[1], x.shape[2], second_channels, attrs)
+
+
 def run_op(
     op: str, inputs: Sequence[torch.Tensor], attrs: Mapping[str, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Plan ``op`` for the shapes of (x, second, size) and run it (see ``launch``)."""
-    x, second = inputs[0], inputs[1]
-    second_channels = second.shape[-1] if second.dim() == 3 else 1  # TopKSelect's scores: [B,N]
-    return launch(kernel_plan(op, x.shape[1], x.shape[2], second_channels, attrs), inputs)
+    return launch(plan_for(op, inputs, attrs), inputs)
 
 
 @dataclass(frozen=True)
