@@ -219,7 +219,10 @@ def test_bank_export_errors_are_one_line(tmp_path, capsys, args, needles) -> Non
     ("args", "needles"),
     [
         (["--config", "fast"], ["no config 'fast'; choose from tome-r2, none, tome-r1"]),
-        (["--config", "all", "--vs-full"], ["--config none"]),
+        (["--config", "all", "--vs-full"], ["time the config none too"]),
+        (["--engine", "desktop-rtx"], ["no engine for 'desktop-rtx'", "trimformer build"]),
+        (["--engine", "desktop-rtx", "--vs-full"], ["time the config none too"]),
+        (["--engine", "desktop-rtx", "--threads", "2"], ["TensorRT engines take none"]),
     ],
 )
 def test_bench_config_errors_are_one_line(bank, capsys, args, needles) -> None:

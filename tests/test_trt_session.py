@@ -148,6 +148,13 @@ def test_bank_engines_refit_and_match_onnx_runtime_per_config(tmp_path: Path):
             for got in (session.run(feed), session.run(feed, config=name)):
                 for key, want in expected.items():
                     np.testing.assert_allclose(got[key], want, atol=1e-4)
+    from trimformer.runtime import benchmark_configs
+
+    timed = benchmark_configs(
+        bundle, runs=3, warmup=1, progress=False, engine_profile="desktop-rtx"
+    )
+    assert [c.config for c in timed.configs] == list(session.configs)
+    assert timed.providers[0].startswith("TensorRT") and not timed.share_weights
 
 
 class _Context:

@@ -297,6 +297,15 @@ def _print_export_summary(output: Path, manifest: dict[str, Any]) -> None:
     help="Time these configs of the bundle (repeatable; all: every one), interleaved on one "
     "session that holds the weights once; one row per config.",
 )
+@click.option(
+    "--engine",
+    "engine_profile",
+    metavar="PROFILE",
+    default=None,
+    help="Time the TensorRT engines `trimformer build --device PROFILE` wrote instead (every "
+    "config with an engine, or those --config names; build --config all to have the full "
+    "model's `none` row to compare with). Needs TensorRT and a GPU.",
+)
 def bench(
     bundle: Path,
     vs_full: bool,
@@ -307,8 +316,10 @@ def bench(
     json_path: Path | None,
     profile_ops: bool,
     configs: tuple[str, ...],
+    engine_profile: str | None,
 ) -> None:
-    """Time a bundle on ONNX Runtime: p50/p90 latency, throughput, optionally vs the full model.
+    """Time a bundle on ONNX Runtime (or its TensorRT engines): p50/p90 latency, throughput,
+    optionally vs the full model.
 
     Also reports peak memory and, where the platform exposes it, energy per inference.
     """
@@ -317,15 +328,17 @@ def bench(
     from trimformer.runtime import benchmark
     from trimformer.runtime.bench import render_table
 
-    if configs:
+    if engine_profile is not None and threads is not None:
+        raise UsageError("--threads sets ONNX Runtime's threads; TensorRT engines take none")
+    if configs or engine_profile is not None:
         if vs_full or profile_ops:
             raise UsageError(
-                "--vs-full and --profile-ops time the default config; with --config add "
-                "--config none to compare with the full model"
+                "--vs-full and --profile-ops time the default config on ONNX Runtime; with "
+                "--config or --engine, time the config none too to compare with the full model"
             )
         from trimformer.cli_bank import bench_configs
 
-        bench_configs(bundle, configs, batch, threads, runs, warmup, json_path)
+        bench_configs(bundle, configs, batch, threads, runs, warmup, json_path, engine_profile)
         return
 
     result = benchmark(

@@ -57,17 +57,25 @@ def bench_configs(
     runs: int,
     warmup: int,
     json_path: Path | None,
+    engine_profile: str | None = None,
 ) -> None:
-    """``bench --config``: time the named configs (all: every one) and print one row each."""
+    """``bench --config`` / ``--engine``: time the named configs (all, or none named: every one;
+    with an engine profile, every one with an engine) and print one row each."""
     from rich.markup import escape
 
     from trimformer.cli import _write_json, console, out
     from trimformer.runtime import benchmark_configs
     from trimformer.runtime.bench import render_bank_table
 
-    names = None if "all" in configs else configs
+    names = None if not configs or "all" in configs else configs
     result = benchmark_configs(
-        bundle, names, batch=batch, threads=threads, runs=runs, warmup=warmup
+        bundle,
+        names,
+        batch=batch,
+        threads=threads,
+        runs=runs,
+        warmup=warmup,
+        engine_profile=engine_profile,
     )
     out.print(render_bank_table(result))
     for note in result.telemetry_notes:

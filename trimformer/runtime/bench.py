@@ -378,8 +378,14 @@ def benchmark_configs(
     progress: bool = True,
     providers: Sequence[Provider] | None = None,
     share_weights: bool = True,
+    engine_profile: str | None = None,
 ) -> BankBenchResult:
-    """Time ``configs`` of a bundle (None: all of them), interleaved, on one ``Session``."""
+    """Time ``configs`` of a bundle (None: all of them), interleaved, on one ``Session``.
+
+    With ``engine_profile``, the session is the TensorRT engines ``trimformer build --device
+    PROFILE`` wrote (``TrtSession``; None: every config with an engine), each holding its own
+    weights; ``threads``, ``providers`` and ``share_weights`` are ONNX Runtime's and unused.
+    """
     _check_counts(batch, runs, warmup)
     notes: list[str] = []
     memory: RssMeter | None = None
@@ -389,9 +395,19 @@ def benchmark_configs(
         notes.append(str(exc))
     else:
         memory.start()
-    session = load(
-        bundle, providers=providers, threads=threads, spinning=False, share_weights=share_weights
-    )
+    if engine_profile is not None:
+        from trimformer.runtime.trt_session import load_engine
+
+        session: Session = load_engine(bundle, engine_profile)
+        share_weights = False
+    else:
+        session = load(
+            bundle,
+            providers=providers,
+            threads=threads,
+            spinning=False,
+            share_weights=share_weights,
+        )
     try:
         names = list(session.configs) if configs is None else list(dict.fromkeys(configs))
         for name in names:  # opens each; an unknown name is refused here, before any timing
