@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from trimformer import plugins_build as pb
 from trimformer.cli import cli
 from trimformer.errors import UsageError
+from trimformer.runtime import trt_env
 
 NEEDS_TOOLS = pytest.mark.skipif(
     shutil.which("cmake") is None or shutil.which("nvcc") is None,
@@ -100,15 +101,36 @@ def test_missing_tools_sources_and_bad_architectures(tmp_path, monkeypatch):
     assert pb.plugin_sources() == Path(pb.__file__).resolve().parents[1] / "plugins"
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("CUDA_HOME", raising=False)
-    monkeypatch.setattr(pb, "CUDA_BIN_DIRS", (tmp_path / "cuda" / "bin",))
+    monkeypatch.setattr(trt_env, "CUDA_BIN_DIRS", (tmp_path / "cuda" / "bin",))
     with pytest.raises(UsageError, match="cmake not found on PATH; install it"):
         pb.find_cmake()
     with pytest.raises(UsageError, match=r"nvcc \(the CUDA compiler\) not found"):
-        pb.find_cuda_compiler()
+        trt_env.find_cuda_compiler()
     nvcc = tmp_path / "cuda" / "bin" / "nvcc"
     nvcc.parent.mkdir(parents=True)
     nvcc.write_text("#!/bin/sh\n")
-    assert pb.find_cuda_compiler() == nvcc  # JetPack: /usr/local/cuda/bin is not on PATH
+    assert trt_env.find_cuda_compiler() == nvcc  # JetPack: /usr/local/cuda/bin is not on PATH
+
+
+def test_cmake_keywords_need_the_cmake_that_knows_them(tmp_path: Path, monkeypatch):
+    root = fake_tensorrt(tmp_path / "trt")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    cmake = tools / "cmake"
+    cmake.write_text("#!/bin/sh\necho 'cmake version 3.22.1'\n")  # Ubuntu 22.04, JetPack 6
+    cmake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tools))
+    with pytest.raises(UsageError, match=r"--cuda-arch native .* need cmake >= 3\.24"):
+        pb.plan_build(root, tmp_path / "build", ["native"])
+
+
+@NEEDS_TOOLS
+def test_default_architectures_are_orin_alone_on_a_jetson(tmp_path: Path, monkeypatch):
+    root = fake_tensorrt(tmp_path / "trt")
+    assert pb.plan_build(root, tmp_path / "b").cuda_archs == pb.DEFAULT_CUDA_ARCHS
+    monkeypatch.setattr(pb, "is_jetson", lambda: True)
+    plan = pb.plan_build(root, tmp_path / "b")
+    assert "-DCMAKE_CUDA_ARCHITECTURES=87" in pb.cmake_arguments(plan)
 
 
 @NEEDS_TOOLS
@@ -118,6 +140,7 @@ def test_cmake_arguments_name_the_tarball_library_and_architectures(tmp_path: Pa
     arguments = pb.cmake_arguments(plan)
     assert f"-DTensorRT_ROOT={root}" in arguments
     assert f"-DTensorRT_LIBRARY={root / 'lib' / 'libnvinfer.so'}" in arguments
+    assert f"-DTensorRT_INCLUDE_DIR={root / 'include'}" in arguments  # never a cached one
     assert "-DCMAKE_CUDA_ARCHITECTURES=87;90" in arguments
     assert plan.library == tmp_path / "build" / "libtrimformer_plugins.so"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from trimformer.cli import main
-from trimformer.runtime import doctor
+from trimformer.runtime import doctor, trt_env
 from trimformer.runtime.doctor import Finding, diagnose
 
 COMPONENTS = (
@@ -29,8 +29,10 @@ def test_every_component_is_reported_and_missing_ones_say_how():
         assert finding.ok or finding.fix, finding
 
 
-def test_without_gpu_tools_or_tensorrt(monkeypatch: pytest.MonkeyPatch):
+def test_without_gpu_tools_or_tensorrt(monkeypatch: pytest.MonkeyPatch, tmp_path):
     monkeypatch.setattr(doctor.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.setattr(trt_env, "CUDA_BIN_DIRS", (tmp_path,))
     findings = {f.component: f for f in diagnose()}
     assert not findings["CUDA toolkit (nvcc)"].ok
     assert "install the CUDA toolkit" in findings["CUDA toolkit (nvcc)"].fix
@@ -63,3 +65,15 @@ def test_a_missing_plugin_library_says_how_to_build_it(monkeypatch: pytest.Monke
     [finding] = diagnose()
     if not finding.ok:  # a checkout with plugins/build/ holds a built library
         assert "trimformer plugins build" in finding.fix and "TRIMFORMER_PLUGIN_LIB" in finding.fix
+
+
+def test_nvcc_is_found_where_plugins_build_looks(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    # JetPack: /usr/local/cuda/bin holds nvcc but is not on PATH
+    nvcc = tmp_path / "nvcc"
+    nvcc.write_text("#!/bin/sh\necho 'Cuda compilation tools, release 12.6, V12.6.68'\n")
+    nvcc.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.setattr(trt_env, "CUDA_BIN_DIRS", (tmp_path,))
+    finding = doctor._nvcc()
+    assert finding.ok and finding.detail == f"CUDA 12.6 ({nvcc})"

@@ -43,7 +43,7 @@ def plugins_command() -> None:
     multiple=True,
     metavar="SM",
     help="CUDA architecture to compile for, repeatable: 87 (Orin), 86, 89, 90, or native "
-    "(default: 75 80 86 87 89 90).",
+    "(cmake >= 3.24). Default: 87 on a Jetson, else 75 80 86 87 89 90.",
 )
 @click.option(
     "--source",
@@ -79,7 +79,7 @@ def build_plugins_command(
         ("nvcc", plan.nvcc),
         ("sources", plan.source),
         ("build folder", plan.build_dir),
-        ("CUDA architectures", " ".join(plan.cuda_archs) or "75 80 86 87 89 90 (default)"),
+        ("CUDA architectures", " ".join(plan.cuda_archs)),
     ):
         table.add_row(component, escape(str(value)))
     console.print(table)

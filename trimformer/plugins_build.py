@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trimformer.errors import RuntimeFailure, UsageError
-from trimformer.runtime.trt_env import PLUGIN_LIBRARY, PLUGIN_LIBRARY_ENV
+from trimformer.runtime.telemetry.jetson import is_jetson
+from trimformer.runtime.trt_env import PLUGIN_LIBRARY, PLUGIN_LIBRARY_ENV, find_cuda_compiler
 
 __all__ = [
     "PluginBuild",
@@ -30,7 +31,6 @@ __all__ = [
     "cmake_arguments",
     "environment_line",
     "find_cmake",
-    "find_cuda_compiler",
     "find_tensorrt",
     "plan_build",
     "plugin_sources",
@@ -49,9 +49,12 @@ SYSTEM_LIBRARY_DIRS = (
     Path("/usr/lib64"),
     Path("/usr/local/tensorrt/lib"),
 )
-CUDA_BIN_DIRS = (Path("/usr/local/cuda/bin"),)
 MIN_TENSORRT_MAJOR = 10
 MIN_CMAKE = (3, 18)
+DEFAULT_CUDA_ARCHS = ("75", "80", "86", "87", "89", "90")  # Turing..Hopper plus Orin
+JETSON_CUDA_ARCHS = ("87",)  # Orin: one architecture builds faster on the board itself
+# CMAKE_CUDA_ARCHITECTURES keywords and the CMake version that knows them
+_CMAKE_FOR_ARCH = {"native": (3, 24), "all": (3, 23), "all-major": (3, 23)}
 _VERSION_DEFINE = re.compile(r"#define\s+(?:NV_TENSORRT|TRT)_(MAJOR|MINOR|PATCH)\w*\s+(\d+)")
 _CUDA_ARCH = re.compile(r"^(\d{2,3}[af]?(-real|-virtual)?|native|all|all-major)$")
 _INSTALL_HINT = (
@@ -162,36 +165,19 @@ def find_tensorrt(explicit: Path | None = None) -> TensorRTInstall:
     return TensorRTInstall(include_dir, library, version, origin)
 
 
-def find_cmake() -> Path:
-    """cmake on PATH, at least version 3.18."""
+def find_cmake(minimum: tuple[int, int] = MIN_CMAKE, needed_by: str = "the plugins") -> Path:
+    """cmake on PATH, at least version ``minimum`` (what ``needed_by`` needs)."""
     cmake = shutil.which("cmake")
-    fix = "install it (pip install cmake, or apt install cmake)"
+    fix = "install a newer one (pip install cmake, or apt install cmake)"
     if cmake is None:
-        raise UsageError(f"cmake not found on PATH; {fix}")
+        raise UsageError(f"cmake not found on PATH; {fix.replace('a newer one', 'it')}")
     result = subprocess.run([cmake, "--version"], capture_output=True, text=True, check=False)
     match = re.search(r"version (\d+)\.(\d+)", result.stdout)
-    if match is None or tuple(map(int, match.groups())) < MIN_CMAKE:
+    if match is None or tuple(map(int, match.groups())) < minimum:
         found = match.group(0) if match else "an unknown version"
-        raise UsageError(f"{cmake} is {found}; the plugins need cmake >= 3.18: {fix}")
+        wanted = ".".join(map(str, minimum))
+        raise UsageError(f"{cmake} is {found}; {needed_by} need cmake >= {wanted}: {fix}")
     return Path(cmake)
-
-
-def find_cuda_compiler() -> Path:
-    """nvcc on PATH, else in ``$CUDA_HOME/bin`` or /usr/local/cuda/bin (JetPack's place)."""
-    found = shutil.which("nvcc")
-    if found is not None:
-        return Path(found)
-    dirs = [Path(os.environ["CUDA_HOME"]) / "bin"] if os.environ.get("CUDA_HOME") else []
-    dirs += CUDA_BIN_DIRS
-    for directory in dirs:
-        if (directory / "nvcc").is_file():
-            return directory / "nvcc"
-    looked = ", ".join(["PATH", *map(str, dirs)])
-    raise UsageError(
-        f"nvcc (the CUDA compiler) not found (looked in {looked}); install the CUDA toolkit "
-        "(JetPack: apt install cuda-toolkit-12-6 or nvidia-jetpack; desktop: cuda-toolkit) or "
-        "add its bin/ to PATH"
-    )
 
 
 def plan_build(
@@ -209,9 +195,16 @@ def plan_build(
             )
     sources = plugin_sources(source)
     install = find_tensorrt(tensorrt)
-    cmake, nvcc = find_cmake(), find_cuda_compiler()
+    keyword = next((a for a in cuda_archs if a in _CMAKE_FOR_ARCH), None)
+    cmake = (
+        find_cmake(_CMAKE_FOR_ARCH[keyword], f"--cuda-arch {keyword} (or give the GPU's number)")
+        if keyword is not None
+        else find_cmake()
+    )
+    nvcc = find_cuda_compiler()
     folder = Path(build_dir).resolve() if build_dir is not None else sources / "build"
-    return PluginBuild(sources, folder, install, cmake, nvcc, tuple(cuda_archs))
+    archs = tuple(cuda_archs) or (JETSON_CUDA_ARCHS if is_jetson() else DEFAULT_CUDA_ARCHS)
+    return PluginBuild(sources, folder, install, cmake, nvcc, archs)
 
 
 def cmake_arguments(plan: PluginBuild) -> list[str]:
@@ -219,13 +212,14 @@ def cmake_arguments(plan: PluginBuild) -> list[str]:
     trt = plan.tensorrt
     arguments = [str(plan.cmake), "-S", str(plan.source), "-B", str(plan.build_dir)]
     arguments += ["-DCMAKE_BUILD_TYPE=Release", f"-DCMAKE_CUDA_COMPILER={plan.nvcc}"]
-    # CMake finds the headers itself (and refuses clearly without NvInferRuntime.h); the library
-    # is given because CMake's find_library misses a versioned-only libnvinfer.so.N.
+    # The headers and library found here, given explicitly: CMake keeps a cached include dir
+    # across builds (another --tensorrt would compile against the old headers), and its
+    # find_library misses a versioned-only libnvinfer.so.N.
     if trt.origin != "system":
         arguments.append(f"-DTensorRT_ROOT={trt.include_dir.parent}")
+    arguments.append(f"-DTensorRT_INCLUDE_DIR={trt.include_dir}")
     arguments.append(f"-DTensorRT_LIBRARY={trt.library}")
-    if plan.cuda_archs:
-        arguments.append(f"-DCMAKE_CUDA_ARCHITECTURES={';'.join(plan.cuda_archs)}")
+    arguments.append(f"-DCMAKE_CUDA_ARCHITECTURES={';'.join(plan.cuda_archs)}")
     return arguments
 
 

@@ -14,6 +14,8 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from trimformer.errors import UsageError
+
 __all__ = ["Finding", "diagnose"]
 
 
@@ -105,16 +107,19 @@ def _triton() -> Finding:
 
 
 def _nvcc() -> Finding:
-    output = _run(["nvcc", "--version"])
-    if output is None:
-        return Finding(
-            "CUDA toolkit (nvcc)",
-            False,
-            "nvcc not on PATH",
-            "install the CUDA toolkit (JetPack includes it) to build the plugin library",
-        )
+    """nvcc where ``trimformer plugins build`` looks for it (PATH, $CUDA_HOME, JetPack's
+    /usr/local/cuda/bin)."""
+    from trimformer.runtime.trt_env import find_cuda_compiler
+
+    label = "CUDA toolkit (nvcc)"
+    try:
+        nvcc = find_cuda_compiler()
+    except UsageError:
+        fix = "install the CUDA toolkit (JetPack includes it) to build the plugin library"
+        return Finding(label, False, "nvcc not found", fix)
+    output = _run([str(nvcc), "--version"]) or ""
     match = re.search(r"release ([\d.]+)", output)
-    return Finding("CUDA toolkit (nvcc)", True, f"CUDA {match[1] if match else '?'}")
+    return Finding(label, True, f"CUDA {match[1] if match else '?'} ({nvcc})")
 
 
 def _gpus() -> Finding:

@@ -23,11 +23,13 @@ from typing import Any
 from trimformer.errors import RuntimeFailure, UsageError
 
 __all__ = [
+    "CUDA_BIN_DIRS",
     "PLUGIN_LIBRARY",
     "PLUGIN_LIBRARY_ENV",
     "GpuIdentity",
     "TensorRTMissing",
     "TrtVersion",
+    "find_cuda_compiler",
     "find_plugin_library",
     "gpu_identity",
     "import_tensorrt",
@@ -40,6 +42,7 @@ __all__ = [
 ]
 
 PLUGIN_LIBRARY = "libtrimformer_plugins.so"
+CUDA_BIN_DIRS = (Path("/usr/local/cuda/bin"),)  # JetPack's nvcc, not on PATH by default
 PLUGIN_LIBRARY_ENV = "TRIMFORMER_PLUGIN_LIB"
 _INSTALL_HINT = (
     "install TensorRT 10 or 11 with its Python bindings (JetPack ships them; on a desktop "
@@ -135,6 +138,24 @@ def find_plugin_library(explicit: Path | None = None) -> Path:
         f"{', '.join(str(c) for c in plugin_library_candidates())}); build it with "
         "`trimformer plugins build` (in a source checkout, with TensorRT's headers, cmake and "
         f"nvcc), or point ${PLUGIN_LIBRARY_ENV} at it"
+    )
+
+
+def find_cuda_compiler() -> Path:
+    """nvcc on PATH, else in ``$CUDA_HOME/bin`` or /usr/local/cuda/bin (JetPack's place)."""
+    found = shutil.which("nvcc")
+    if found is not None:
+        return Path(found)
+    dirs = [Path(os.environ["CUDA_HOME"]) / "bin"] if os.environ.get("CUDA_HOME") else []
+    dirs += CUDA_BIN_DIRS
+    for directory in dirs:
+        if (directory / "nvcc").is_file():
+            return directory / "nvcc"
+    looked = ", ".join(["PATH", *map(str, dirs)])
+    raise UsageError(
+        f"nvcc (the CUDA compiler) not found (looked in {looked}); install the CUDA toolkit "
+        "(JetPack: apt install cuda-toolkit-12-6 or nvidia-jetpack; desktop: cuda-toolkit) or "
+        "add its bin/ to PATH"
     )
 
 
