@@ -564,7 +564,24 @@ def test_main_cli_exits_2_with_one_line(model, tmp_path: Path, monkeypatch, caps
     assert len(lines) == 1 and "unknown pass 'nope'" in lines[0]
 
 
-@pytest.mark.parametrize(("content", "match"), [(None, "is not a file"), (b"junk", "cannot load")])
+def _invalid_model() -> bytes:
+    """A model that loads but fails onnx.checker: a node of a domain it imports no opset for."""
+    node = helper.make_node("Relu", ["x"], ["y"], domain="foo")
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [node], "g", [value("x", TensorProto.FLOAT, [1])], [value("y", TensorProto.FLOAT, [1])]
+    )
+    return helper.make_model(graph).SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (None, "is not a file"),
+        (b"junk", "cannot load"),
+        (_invalid_model(), "is not a valid ONNX model (No opset import for domain 'foo')"),
+    ],
+)
 def test_cli_refuses_an_unreadable_input(tmp_path: Path, content, match):
     source = tmp_path / "in.onnx"
     if content is not None:

@@ -75,9 +75,12 @@ def test_profile_values_are_carried_over():
     assert json.loads(json.dumps(settings.to_json()))["builder_flags"] == ["FP16"]
 
 
-def test_dla_core_sets_gpu_fallback():
+def test_dla_core_sets_gpu_fallback_and_a_static_batch():
     settings = build_settings(profile(dla_core=1), TRT10)
     assert settings.dla_core == 1 and settings.builder_flags == ("FP16", "GPU_FALLBACK")
+    opt = profile().batch.opt  # AGX Orin: 1..16, tuned for 4
+    assert (settings.batch.min, settings.batch.opt, settings.batch.max) == (opt, opt, opt)
+    assert build_settings(profile(), TRT10).batch == profile().batch  # GPU: the range
     no_fallback = build_settings(profile(dla_core=0, gpu_fallback=False), TRT11)
     assert no_fallback.builder_flags == ()
 

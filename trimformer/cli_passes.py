@@ -74,16 +74,30 @@ def _load(path: Path) -> onnx.ModelProto:
     import onnx
     from google.protobuf.message import DecodeError
 
+    from trimformer.graph_passes.model_io import check_model
+
     if not path.is_file():
         raise UsageError(f"{path} is not a file; give an .onnx model, e.g. BUNDLE/model.onnx")
     try:
-        return onnx.load(path)  # raises ValidationError when the external data file is missing
+        model = onnx.load(path)  # raises ValidationError when the external data file is missing
     except (OSError, DecodeError, onnx.checker.ValidationError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(
-            f"cannot load {path} as ONNX ({reason}); give an .onnx model with its external "
-            "data file beside it"
+            f"cannot load {path} as ONNX ({_first_line(exc)}); give an .onnx model with its "
+            "external data file beside it"
         ) from None
+    try:  # checked here, so a pass is never blamed for its input
+        check_model(model)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise UsageError(
+            f"{path} is not a valid ONNX model ({_first_line(exc)}); give the model.onnx of a "
+            "trimformer bundle, or repair the model"
+        ) from None
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:

@@ -1,7 +1,7 @@
 """to-plugins: swap each trimformer function call for a TensorRT plugin node.
 
 TensorRT up to 10.6 prefers a model-local function over a plugin of the same name, so on
-JetPack 6 (TensorRT 10.3) an explicit plugin node is the only reliable way to get the fused
+JetPack 6.1+ (TensorRT 10.3) an explicit plugin node is the only reliable way to get the fused
 kernel. The plugin node keeps the call's inputs, outputs and name; it has domain ``trt.plugins``,
 op_type the op's plugin name, ``plugin_version`` and ``plugin_namespace`` (strings), then the
 op's own attributes.

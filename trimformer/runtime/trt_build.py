@@ -154,7 +154,8 @@ def build_settings(
         workspace_bytes=profile.workspace_mib * _MIB,
         optimization_level=profile.builder_optimization_level,
         dla_core=profile.dla_core,
-        batch=profile.batch,
+        # DLA takes static shapes only (min = opt = max), else its layers fall back to the GPU
+        batch=profile.batch if profile.dla_core is None else BatchRange(*[profile.batch.opt] * 3),
         requires_qdq=precision == "int8",
         timing_cache=str(timing_cache) if timing_cache is not None else None,
     )
