@@ -638,8 +638,35 @@ def test_passes_run_past_the_protobuf_limit_through_files(model, feeds, monkeypa
     got, _ = run_passes(big, names)
     assert big.SerializeToString() == before  # the weights went to a file and came back
     assert [n.op_type for n in got.graph.node] == [n.op_type for n in want.graph.node]
+    with pytest.raises(PassError, match="over protobuf's 2 GiB, which onnx's inliner cannot"):
+        run_passes(big, ["inline"])
     monkeypatch.undo()
     assert_outputs_close(run_reference(got, feeds), run_reference(want, feeds), 0)
+
+
+def test_saved_onnx_gives_back_weights_a_cut_short_save_had_not_moved(model, monkeypatch):
+    from onnx import external_data_helper
+
+    from trimformer.graph_passes.model_io import saved_onnx
+
+    big = onnx.ModelProto()
+    big.CopyFrom(model)
+    for name in ("a", "b"):
+        big.graph.initializer.append(_tensor(name, np.arange(4096, dtype=np.float32) + ord(name)))
+    before = big.SerializeToString()
+    save = external_data_helper.save_external_data
+    written: list[str] = []
+
+    def disk_full_on_the_second(tensor, base_path):
+        if written:
+            raise OSError(28, "No space left on device")
+        written.append(tensor.name)
+        save(tensor, base_path)
+
+    monkeypatch.setattr(external_data_helper, "save_external_data", disk_full_on_the_second)
+    with pytest.raises(OSError, match="No space left"), saved_onnx(big):
+        pass
+    assert written and big.SerializeToString() == before  # moved ones read back, the rest kept
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from trimformer.graph_passes.base import (
     iter_node_scopes,
     register_pass,
 )
+from trimformer.graph_passes.model_io import is_large
 from trimformer.ops import DOMAIN
 
 __all__ = ["INLINE", "INLINED_KEY", "inline_functions"]
@@ -52,6 +53,11 @@ def inline_functions(model: onnx.ModelProto) -> PassResult:
         raise PassError(
             f"{_NAME}: the model calls {', '.join(missing)} but has no function definition for "
             "it; re-export the model (the exporter attaches every op's function)"
+        )
+    if is_large(model):
+        raise PassError(
+            f"{_NAME}: the model is over protobuf's 2 GiB, which onnx's inliner cannot take; "
+            "keep the function calls (TensorRT's parser expands them) or run to-plugins"
         )
     out = onnx.inliner.inline_selected_functions(
         model, [(DOMAIN, name) for name in sorted(defined)]

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
-from onnx.external_data_helper import load_external_data_for_model
+from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
-__all__ = ["PROTOBUF_LIMIT", "check_model", "infer_shapes", "saved_onnx"]
+__all__ = ["PROTOBUF_LIMIT", "check_model", "infer_shapes", "is_large", "saved_onnx"]
 
 PROTOBUF_LIMIT = 2**31 - 2**20  # protobuf's 2 GiB, less headroom for the model's other fields
 
@@ -34,16 +34,33 @@ def saved_onnx(model: onnx.ModelProto) -> Iterator[Path]:
             onnx.save_model(model, path, save_as_external_data=True, location="weights.bin")
             yield path
         finally:
-            load_external_data_for_model(model, tmp)
+            _restore_weights(model.graph, tmp)
 
 
-def _is_large(model: onnx.ModelProto) -> bool:
+def _restore_weights(graph: onnx.GraphProto, folder: str) -> None:
+    """Undo onnx's save on ``graph`` (and its subgraphs): read back the tensors it moved out; a
+    tensor it had not yet moved (a save cut short, e.g. by a full disk) keeps its own data."""
+    for tensor in graph.initializer:
+        if uses_external_data(tensor):
+            if not tensor.HasField("raw_data"):
+                load_external_data_for_tensor(tensor, folder)
+            tensor.ClearField("data_location")
+            del tensor.external_data[:]
+    for node in graph.node:
+        for attribute in node.attribute:
+            single = [attribute.g] if attribute.HasField("g") else []
+            for subgraph in [*single, *attribute.graphs]:
+                _restore_weights(subgraph, folder)
+
+
+def is_large(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` is past what protobuf serialises in memory."""
     return model.ByteSize() > PROTOBUF_LIMIT
 
 
 def check_model(model: onnx.ModelProto) -> None:
     """``onnx.checker.check_model``, through a file when ``model`` is over the limit."""
-    if not _is_large(model):
+    if not is_large(model):
         onnx.checker.check_model(model)
         return
     with saved_onnx(model) as path:
@@ -52,7 +69,7 @@ def check_model(model: onnx.ModelProto) -> None:
 
 def infer_shapes(model: onnx.ModelProto, data_prop: bool = False) -> onnx.ModelProto:
     """``model`` with inferred shapes (non-strict), through files when it is over the limit."""
-    if not _is_large(model):
+    if not is_large(model):
         return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=data_prop)
     with saved_onnx(model) as path:
         inferred = path.with_name("inferred.onnx")
