@@ -424,6 +424,7 @@ def test_lint_report_says_what_runs_where(model):
         ("r", 9, "r=9 exceeds the maximum 8"),
         ("plugin_version", "2", "plugin_version '2', but BipartiteMerge is version 1"),
         ("plugin_namespace", "other", "plugin_namespace 'other'"),
+        ("input", None, "2 inputs and 2 outputs, but BipartiteMerge takes 3 (x, metric, size)"),
     ],
 )
 def test_lint_flags_bad_plugin_nodes(model, attr, value, match):
@@ -431,6 +432,8 @@ def test_lint_flags_bad_plugin_nodes(model, attr, value, match):
     [plugin] = nodes_of(out, PLUGIN_DOMAIN)
     if attr is None:
         plugin.op_type = "NoSuchOp"
+    elif attr == "input":
+        del plugin.input[-1]
     else:
         [target] = [a for a in plugin.attribute if a.name == attr]
         target.CopyFrom(helper.make_attribute(attr, value))

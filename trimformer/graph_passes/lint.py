@@ -125,6 +125,13 @@ def _plugin_problem(node: onnx.NodeProto, n_tokens: int | None) -> str | None:
             f"plugin {node.op_type} is not a registered op (registered plugins: "
             f"{', '.join(sorted(plugins))}); rebuild the graph with to-plugins"
         )
+    counts = (len(node.input), len(node.output))
+    if counts != (len(spec.inputs), len(spec.outputs)):
+        return (
+            f"{counts[0]} inputs and {counts[1]} outputs, but {spec.name} takes "
+            f"{len(spec.inputs)} ({', '.join(spec.inputs)}) and gives {len(spec.outputs)}; "
+            "rebuild the graph with to-plugins"
+        )
     attrs = attribute_values(node)
     version = attrs.pop("plugin_version", None)
     namespace = attrs.pop("plugin_namespace", None)

@@ -96,8 +96,8 @@ def kernel_plan(
         raise KernelPlanError(f"{op} has no Triton kernel (kernels: {', '.join(_KERNELS)})")
     if tokens > MAX_TOKENS:
         raise KernelPlanError(
-            f"{op}: {tokens} tokens exceed the Triton kernels' {MAX_TOKENS}; use the plugin "
-            "library (trimformer plugins build)"
+            f"{op}: {tokens} tokens exceed the kernels' {MAX_TOKENS} (Triton's and the plugin "
+            "library's alike); only the Python plugins' JIT form (the op's torch code) runs it"
         )
     unprotected = tokens - attrs["protected"]
     # The per-token vectors span BLOCK_A (merge's set A) or BLOCK_T (all unprotected tokens);
