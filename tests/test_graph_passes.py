@@ -613,6 +613,9 @@ def test_save_model_with_external_data_over_the_limit(model, tmp_path: Path, mon
     assert set(got) == set(want)
     for name, value in want.items():
         np.testing.assert_array_equal(got[name], value)
+    monkeypatch.undo()  # the same path, now self-contained: the old data file goes
+    cli.save_model(loaded, tmp_path / "big.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx"]
 
 
 def test_passes_run_past_the_protobuf_limit_through_files(model, feeds, monkeypatch):

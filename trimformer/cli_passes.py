@@ -128,9 +128,12 @@ def save_model(model: onnx.ModelProto, path: Path) -> None:
             all_tensors_to_one_file=True,
             location=data,
         )
-        if (tmp / data).exists():  # onnx keeps tensors under 1 KiB inline
+        has_data = (tmp / data).exists()  # onnx keeps tensors under 1 KiB inline
+        if has_data:
             os.replace(tmp / data, path.with_name(data))
         os.replace(tmp / path.name, path)
+        if not has_data:  # an earlier output's weights, which this model does not name
+            path.with_name(data).unlink(missing_ok=True)
     except OSError as exc:
         raise UsageError(
             f"writing {path} failed ({exc.strerror or exc}); nothing was written; "
