@@ -6,6 +6,7 @@ against a stand-in for ``tensorrt.plugin`` that checks the schemas TensorRT's va
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 import typing
 from importlib.machinery import ModuleSpec
@@ -338,3 +339,39 @@ def test_a_build_without_the_library_chooses_aot_only_where_it_fits(trtp, monkey
     assert choice.source == "qdp" and "2049 tokens exceed" in str(choice.aot_blocked)
     assert choice.network_flags(trt) == 1 << 2  # both forms registered: JIT asked for
     assert trt_build.PluginChoice("library").network_flags(trt) == 0
+
+
+def test_a_graph_over_the_kernels_token_cap_skips_the_library(trtp, monkeypatch, tmp_path):
+    from trimformer.runtime import trt_build
+
+    library = tmp_path / "libtrimformer_plugins.so"
+    library.write_bytes(b"\x7fELF")
+    monkeypatch.setenv(trt_env.PLUGIN_LIBRARY_ENV, str(library))
+    flags = SimpleNamespace(PREFER_AOT_PYTHON_PLUGINS=3, PREFER_JIT_PYTHON_PLUGINS=2)
+    trt = sys.modules["tensorrt"]
+    trt.NetworkDefinitionCreationFlag = flags
+    loads: list[str] = []
+    registry = SimpleNamespace(
+        get_creator=lambda *key: None, load_library=lambda path: loads.append(path) or "HANDLE"
+    )
+    assert trt_build.load_plugins(trt, registry, None, _plugin_graph(577, 64), 87).source == (
+        "library"
+    )
+    choice = trt_build.load_plugins(trt, registry, None, _plugin_graph(2049, 64), 87)
+    assert choice.source == "qdp" and "2049 tokens exceed" in str(choice.aot_blocked)
+    assert loads == [str(library)]  # loaded for the graph that fits only
+    with pytest.raises(UsageError, match=r"'merge0' \(BipartiteMerge\) takes 2049 tokens, more "):
+        trt_build.load_plugins(trt, registry, library, _plugin_graph(2049, 64), 87)
+
+
+def test_the_token_cap_is_the_cuda_kernels_own():
+    from pathlib import Path
+
+    from trimformer.graph_passes.base import PLUGIN_MAX_TOKENS
+
+    plugins = Path(__file__).resolve().parents[1] / "plugins"
+    caps = [
+        re.findall(r"MaxTokens = (\d+);", header.read_text())
+        for header in sorted(plugins.glob("*/*_kernel.h"))
+    ]
+    assert caps == [[str(PLUGIN_MAX_TOKENS)]] * 3  # one cap per op's kernel, all the same

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PLUGIN_DOMAIN",
+    "PLUGIN_MAX_TOKENS",
     "PLUGIN_NAMESPACE",
     "GraphPass",
     "PassError",
@@ -36,6 +37,7 @@ __all__ = [
     "get_pass",
     "import_graphsurgeon",
     "iter_node_scopes",
+    "over_token_cap",
     "plugin_specs",
     "register_pass",
     "registered_passes",
@@ -49,6 +51,10 @@ PLUGIN_DOMAIN = "trt.plugins"
 
 PLUGIN_NAMESPACE = DOMAIN
 """The plugin namespace our TensorRT plugins register under."""
+
+PLUGIN_MAX_TOKENS = 2048
+"""The most tokens a plugin kernel takes: the CUDA kernels' kMax*Tokens (plugins/*/*_kernel.h)
+and the Triton kernels' alike; above it only the Python plugins' JIT form (torch) runs."""
 
 
 class PassError(UsageError):
@@ -195,6 +201,21 @@ def attribute_values(node: onnx.NodeProto) -> dict[str, Any]:
 def plugin_specs() -> dict[str, OpSpec]:
     """Registered ops by their TensorRT plugin name."""
     return {spec.trt_plugin_name: spec for spec in registered_ops().values()}
+
+
+def over_token_cap(model: onnx.ModelProto) -> str | None:
+    """The first plugin node whose static token count exceeds ``PLUGIN_MAX_TOKENS`` (named, with
+    its count), or None: what no plugin kernel runs."""
+    counts: dict[str, int] | None = None
+    for nodes, _ in iter_node_scopes(model):
+        for node in nodes:
+            if node.domain != PLUGIN_DOMAIN or not node.input:
+                continue
+            counts = token_counts(model) if counts is None else counts
+            tokens = counts.get(node.input[0], 0)
+            if tokens > PLUGIN_MAX_TOKENS:
+                return f"plugin node {node.name!r} ({node.op_type}) takes {tokens} tokens"
+    return None
 
 
 def token_counts(model: onnx.ModelProto) -> dict[str, int]:

@@ -446,34 +446,53 @@ def load_plugins(
 ) -> PluginChoice:
     """Load the plugin library into ``registry``; without one, register the Python QDP form:
     ahead-of-time Triton kernels when TensorRT (10.9+), Triton and every plugin node of
-    ``model`` (on a GPU of compute ``capability``) allow it, else the JIT form.
+    ``model`` (on a GPU of compute ``capability``) allow it, else the JIT form. A graph with
+    more tokens than the kernels take (``PLUGIN_MAX_TOKENS``) gets the JIT form even where a
+    library was found; a library given explicitly is an error then.
 
     The choice is recorded with the engine, so a runtime loads the same plugins.
     """
+    from trimformer.graph_passes.base import PLUGIN_MAX_TOKENS, over_token_cap
     from trimformer.runtime.trt_env import find_plugin_library, load_plugin_library
 
+    version = TrtVersion.parse(trt.__version__)
     try:
         path = find_plugin_library(library)
     except UsageError:
-        version = TrtVersion.parse(trt.__version__)
         if library is not None or not version.has_qdp:
             raise
-        from trimformer.plugins_qdp import aot_blocker, register_qdp_plugins
+        return _python_plugins(version, model, capability)
+    too_many = over_token_cap(model) if model is not None else None
+    if too_many is None:
+        load_plugin_library(registry, path)
+        return PluginChoice("library")
+    if library is not None or not version.has_qdp:
+        way = "build without --plugin-library (the Python plugins' JIT form runs it) or "
+        raise UsageError(
+            f"{too_many}, more than the plugin library's kernels take ({PLUGIN_MAX_TOKENS}); "
+            f"{way if version.has_qdp else ''}export the model at a smaller image size"
+        )
+    return _python_plugins(version, model, capability)
 
-        blocked: str | None
-        if not version.has_aot_qdp:
-            blocked = f"TensorRT {version} has no AOT Python plugins (needs 10.9+)"
-        elif model is None or capability is None:
-            blocked = "no graph or GPU was given to check the kernels against"
-        else:
-            blocked = aot_blocker(model, capability)
-        if blocked is None:
-            register_qdp_plugins(aot_capability=capability)
-            return PluginChoice("qdp-aot")
-        register_qdp_plugins()
-        return PluginChoice("qdp", blocked)
-    load_plugin_library(registry, path)
-    return PluginChoice("library")
+
+def _python_plugins(
+    version: TrtVersion, model: onnx.ModelProto | None, capability: int | None
+) -> PluginChoice:
+    """Register the QDP form: AOT where every plugin node's kernel fits, else JIT and why."""
+    from trimformer.plugins_qdp import aot_blocker, register_qdp_plugins
+
+    blocked: str | None
+    if not version.has_aot_qdp:
+        blocked = f"TensorRT {version} has no AOT Python plugins (needs 10.9+)"
+    elif model is None or capability is None:
+        blocked = "no graph or GPU was given to check the kernels against"
+    else:
+        blocked = aot_blocker(model, capability)
+    if blocked is None:
+        register_qdp_plugins(aot_capability=capability)
+        return PluginChoice("qdp-aot")
+    register_qdp_plugins()
+    return PluginChoice("qdp", blocked)
 
 
 @dataclass(frozen=True)

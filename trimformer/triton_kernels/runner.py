@@ -24,6 +24,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.runtime.interpreter import InterpretedFunction
 
+from trimformer.graph_passes.base import PLUGIN_MAX_TOKENS
 from trimformer.ops import get_op
 from trimformer.triton_kernels.bipartite_merge import bipartite_merge_kernel
 from trimformer.triton_kernels.diverse_select import diverse_select_kernel
@@ -42,7 +43,7 @@ __all__ = [
     "run_op",
 ]
 
-MAX_TOKENS = 2048
+MAX_TOKENS = PLUGIN_MAX_TOKENS
 """Largest token count a kernel takes: its per-token state lives in one program's registers."""
 
 SHARED_MEMORY_LIMIT = 48 * 1024
