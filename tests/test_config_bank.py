@@ -223,6 +223,7 @@ def test_bank_export_errors_are_one_line(tmp_path, capsys, args, needles) -> Non
         (["--engine", "desktop-rtx"], ["no engine for 'desktop-rtx'", "trimformer build"]),
         (["--engine", "desktop-rtx", "--vs-full"], ["time the config none too"]),
         (["--engine", "desktop-rtx", "--threads", "2"], ["TensorRT engines take none"]),
+        (["--engine", "nope"], ["no device profile or file named 'nope'; packaged: cpu-ort"]),
     ],
 )
 def test_bench_config_errors_are_one_line(bank, capsys, args, needles) -> None:

@@ -68,6 +68,10 @@ def bench_configs(
     from trimformer.runtime.bench import render_bank_table
 
     names = None if not configs or "all" in configs else configs
+    if engine_profile is not None:  # a profile name or file, as build --device takes it
+        from trimformer.profiles.device_profiles import load_device_profile
+
+        engine_profile = load_device_profile(engine_profile).name
     result = benchmark_configs(
         bundle,
         names,
