@@ -36,6 +36,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "plugins" / "harness")]  # runs without an
 
 import kernel_harness as kh  # noqa: E402
 
+from trimformer.errors import first_line  # noqa: E402
 from trimformer.ops import get_op  # noqa: E402
 from trimformer.triton_kernels import launch, plan_for, run_op  # noqa: E402
 
@@ -49,11 +50,6 @@ TIMING = [
 ]
 BATCHES = (1, 8, 64)
 TOKENS = 197
-
-
-def _error(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def runners(harness: kh.KernelHarness) -> dict[str, Runner]:
@@ -85,7 +81,7 @@ def check(implementations: dict[str, Runner], on_row: Callable[[], None]) -> lis
                     "max_abs_error": None if unwritten or not shapes else max(errors),
                 }
             except Exception as exc:  # recorded, and the run goes on
-                row |= {"ok": False, "error": _error(exc)}
+                row |= {"ok": False, "error": f"{type(exc).__name__}: {first_line(exc)}"}
             rows.append(row)
             status = "ok  " if row["ok"] else "FAIL"
             print(f"{status} {name:6s} {case.label} {row.get('error', '')}", flush=True)
@@ -173,7 +169,7 @@ def timings(
                             ratio = torch_ms / ms if torch_ms and ms else None
                             row[f"{name}_{mode}_speedup"] = ratio
                 except Exception as exc:  # recorded, and the run goes on
-                    row["error"] = _error(exc)
+                    row["error"] = f"{type(exc).__name__}: {first_line(exc)}"
                 rows.append(row)
                 print(_timing_line(row), flush=True)
                 on_row()
@@ -229,7 +225,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         harness = kh.KernelHarness(kh.build_library(Path(tmp), arch=kh.device_arch()))
-        report["checks"] = check({"cuda": harness.run, "triton": run_op}, save)
+        report["checks"] = check(runners(harness), save)
         report["timings"] = timings(harness, args.runs, save)
     save()
     return 0 if all(row["ok"] for row in report["checks"]) else 1

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from trimformer.errors import UsageError
+from trimformer.errors import UsageError, first_line
 
 if TYPE_CHECKING:
     import onnx
@@ -82,22 +82,17 @@ def _load(path: Path) -> onnx.ModelProto:
         model = onnx.load(path)  # raises ValidationError when the external data file is missing
     except (OSError, DecodeError, onnx.checker.ValidationError) as exc:
         raise UsageError(
-            f"cannot load {path} as ONNX ({_first_line(exc)}); give an .onnx model with its "
+            f"cannot load {path} as ONNX ({first_line(exc)}); give an .onnx model with its "
             "external data file beside it"
         ) from None
     try:  # checked here, so a pass is never blamed for its input
         check_model(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise UsageError(
-            f"{path} is not a valid ONNX model ({_first_line(exc)}); give the model.onnx of a "
+            f"{path} is not a valid ONNX model ({first_line(exc)}); give the model.onnx of a "
             "trimformer bundle, or repair the model"
         ) from None
     return model
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:

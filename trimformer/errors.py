@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["RuntimeFailure", "TrimformerError", "UsageError"]
+__all__ = ["RuntimeFailure", "TrimformerError", "UsageError", "first_line"]
 
 
 class TrimformerError(Exception):
@@ -21,3 +21,10 @@ class RuntimeFailure(TrimformerError):
     """Valid input that failed while running (export mismatch, write failure): exit code 1."""
 
     exit_code = 1
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its type name when empty): what fits in a one-line
+    error naming a library's failure."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -15,7 +15,6 @@ import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import torch
 import yaml
 
 from trimformer.ops import get_op
+from trimformer.ops.common import output_buffers
 
 __all__ = [
     "PLUGINS_DIR",
@@ -187,9 +187,7 @@ class KernelHarness:
         b, n, c = x.shape
         spec.validate(dict(attrs), n)
         m = spec.output_tokens(n, attrs)
-        make = partial(torch.full, fill_value=float("nan")) if poison else torch.empty
-        x_out = make((b, m, c), dtype=x.dtype, device=x.device)
-        size_out = make((b, m, 1), dtype=x.dtype, device=x.device)
+        x_out, size_out = output_buffers(x, m, poison)
         if op_name == "BipartiteMerge":
             params = (b, n, c, second.shape[-1], attrs["r"], attrs["protected"])
         elif op_name == "DiverseSelect":

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import onnx
 from onnx import helper
 
-from trimformer.errors import UsageError
+from trimformer.errors import UsageError, first_line
 from trimformer.graph_passes.model_io import check_model, infer_shapes
 from trimformer.ops import DOMAIN, OpSpec, registered_ops
 
@@ -144,9 +144,8 @@ def run_passes(
             try:
                 check_model(result.model)
             except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-                first = str(exc).strip().splitlines()[0]
                 raise PostconditionError(
-                    f"pass {graph_pass.name} produced an invalid model: {first}"
+                    f"pass {graph_pass.name} produced an invalid model: {first_line(exc)}"
                 ) from exc
         results.append(result)
         model = result.model

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trimformer.errors import UsageError
+from trimformer.errors import UsageError, first_line
 from trimformer.models.base import GraphIO
 
 __all__ = ["LoadedModel", "ModelOptions", "load_checkpoint", "load_model"]
@@ -75,9 +75,8 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(
-            f"checkpoint {path} cannot be loaded safely as weights ({first[:160]}); "
+            f"checkpoint {path} cannot be loaded safely as weights ({first_line(exc)[:160]}); "
             "use a .safetensors file or a torch state dict of tensors"
         ) from None
     for wrapper in ("state_dict", "model", "module"):
@@ -158,9 +157,9 @@ def _load_timm(name: str, options: ModelOptions, folder: Path | None) -> LoadedM
             model = timm.create_model(model_id, pretrained=pretrained, **kwargs)
     except (OSError, RuntimeError, ValueError, KeyError) as exc:  # no hub, bad folder
         if folder is not None:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UsageError(
-                f"{folder} cannot be loaded as a timm local-dir model ({first[:160]}); it needs "
+                f"{folder} cannot be loaded as a timm local-dir model ({first_line(exc)[:160]}); "
+                "it needs "
                 "config.json and model.safetensors as timm's save_for_hf writes them"
             ) from None
         if not pretrained:

@@ -25,7 +25,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from trimformer.bundle import bank_configs, read_manifest
-from trimformer.errors import RuntimeFailure, UsageError
+from trimformer.errors import RuntimeFailure, UsageError, first_line
 from trimformer.runtime.shared_weights import SharedWeights
 
 __all__ = ["Provider", "Session", "TensorSpec", "load"]
@@ -73,11 +73,6 @@ class TensorSpec:
 
 def _shape_str(shape: Sequence[int | str]) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _resolve_providers(providers: Sequence[Provider] | None) -> list[Provider]:
@@ -352,7 +347,7 @@ class Session:
             session = ort.InferenceSession(str(graph.file), options, providers=self._providers)
         except _ORT_ERRORS as exc:
             raise UsageError(
-                f"{graph.file} cannot be loaded by onnxruntime: {_first_line(exc)}; "
+                f"{graph.file} cannot be loaded by onnxruntime: {first_line(exc)}; "
                 "re-export the bundle"
             ) from None
         _check_against_graph(graph, session)
@@ -453,7 +448,7 @@ class Session:
             results = opened.session.run(None, own)
         except _ORT_ERRORS as exc:
             raise RuntimeFailure(
-                f"onnxruntime failed running {graph.file}: {_first_line(exc)}"
+                f"onnxruntime failed running {graph.file}: {first_line(exc)}"
             ) from None
         return {spec.name: value for spec, value in zip(graph.outputs, results, strict=True)}
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import torch
@@ -26,6 +25,7 @@ from triton.runtime.interpreter import InterpretedFunction
 
 from trimformer.graph_passes.base import PLUGIN_MAX_TOKENS
 from trimformer.ops import get_op
+from trimformer.ops.common import output_buffers
 from trimformer.triton_kernels.bipartite_merge import bipartite_merge_kernel
 from trimformer.triton_kernels.diverse_select import diverse_select_kernel
 from trimformer.triton_kernels.topk_select import topk_select_kernel
@@ -140,10 +140,7 @@ def launch(
     batch, tokens, channels = x.shape
     if tokens != plan.tokens or channels != plan.constexprs["C"]:
         raise KernelPlanError(f"{plan.op}: the plan is for {plan.tokens} tokens, got {tokens}")
-    m = plan.output_tokens
-    make = partial(torch.full, fill_value=float("nan")) if poison else torch.empty
-    x_out = make((batch, m, channels), dtype=x.dtype, device=x.device)
-    size_out = make((batch, m, 1), dtype=x.dtype, device=x.device)
+    x_out, size_out = output_buffers(x, plan.output_tokens, poison)
     interpreted = isinstance(plan.kernel, InterpretedFunction)
     if x.is_cuda == interpreted:
         raise KernelPlanError(
