@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -41,8 +42,11 @@ __all__ = [
     "bank_configs",
     "check_config_name",
     "default_config_name",
+    "file_record",
     "read_manifest",
     "sha256_file",
+    "update_manifest",
+    "write_atomic",
     "write_bundle",
 ]
 
@@ -114,6 +118,37 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def file_record(bundle: Path, relative: str) -> dict[str, Any]:
+    """A bundle member's manifest record: its path, sha256 and size."""
+    path = bundle / relative
+    return {"path": relative, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary sibling and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def update_manifest(bundle: Path, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Apply ``change`` to the bundle's manifest and rewrite manifest.json atomically, keeping
+    every other entry: how artifacts added after export (engines, quantized graphs) are recorded.
+    Returns the new manifest."""
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    change(manifest)
+    write_atomic(bundle / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    return manifest
 
 
 def _externalize(graphs: Mapping[str, onnx.ModelProto], weights_path: Path) -> dict[str, Any]:

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -31,7 +29,13 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from trimformer import __version__
-from trimformer.bundle import MANIFEST, read_manifest, sha256_file
+from trimformer.bundle import (
+    file_record,
+    read_manifest,
+    sha256_file,
+    update_manifest,
+    write_atomic,
+)
 from trimformer.errors import RuntimeFailure, UsageError
 from trimformer.profiles.device_profiles import BatchRange, DeviceProfile
 from trimformer.runtime.session import TensorSpec
@@ -280,33 +284,18 @@ def check_engine_compatible(
     )
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary sibling and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def add_engine_to_manifest(bundle: Path, profile: str, config: str | None = None) -> dict[str, Any]:
     """Record an engine's plan and .json (sha256, bytes) in the manifest's ``engines`` and
     rewrite manifest.json atomically; every other manifest entry is kept."""
-    manifest = json.loads((bundle / MANIFEST).read_text())
-    entry = {}
-    for kind, relative in asdict(engine_files(profile, config)).items():
-        path = bundle / relative
-        entry[kind] = {"path": relative, "sha256": sha256_file(path), "bytes": path.stat().st_size}
-    engines = manifest.setdefault("engines", {})
-    engines[engine_key(profile, config)] = entry
-    _write_atomic(bundle / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
-    return manifest
+    entry = {
+        kind: file_record(bundle, relative)
+        for kind, relative in asdict(engine_files(profile, config)).items()
+    }
+
+    def record(manifest: dict[str, Any]) -> None:
+        manifest.setdefault("engines", {})[engine_key(profile, config)] = entry
+
+    return update_manifest(bundle, record)
 
 
 def write_engine(bundle: Path, plan: bytes, record: Mapping[str, Any]) -> EngineFiles:
@@ -315,8 +304,8 @@ def write_engine(bundle: Path, plan: bytes, record: Mapping[str, Any]) -> Engine
     files = engine_files(str(record["profile"]), config)
     plan_path, record_path = files.paths(bundle)
     try:
-        _write_atomic(plan_path, plan)
-        _write_atomic(record_path, (json.dumps(record, indent=2) + "\n").encode())
+        write_atomic(plan_path, plan)
+        write_atomic(record_path, (json.dumps(record, indent=2) + "\n").encode())
         add_engine_to_manifest(bundle, str(record["profile"]), config)
     except OSError as exc:
         raise RuntimeFailure(f"writing the engine into {bundle} failed: {exc}") from None
@@ -594,5 +583,5 @@ def _build_plan(
             "with TRIMFORMER_DEBUG=1 and read TensorRT's log above"
         )
     if cache_path is not None:
-        _write_atomic(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
+        write_atomic(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
     return bytes(memoryview(plan)), plugins, results
