@@ -43,6 +43,7 @@ __all__ = [
     "check_config_name",
     "default_config_name",
     "file_record",
+    "member_path",
     "read_manifest",
     "sha256_file",
     "update_manifest",
@@ -135,6 +136,7 @@ def write_atomic(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; bundle files are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -254,7 +256,9 @@ def _replace(tmp: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _safe_member(bundle: Path, name: str) -> Path:
+def member_path(bundle: Path, name: str) -> Path:
+    """``bundle / name``, refusing a name that leads outside the bundle or deeper than one
+    folder (a manifest is data, not a trusted path)."""
     pure = PurePosixPath(name)
     if pure.is_absolute() or ".." in pure.parts or not 1 <= len(pure.parts) <= 2:
         raise UsageError(
@@ -289,7 +293,7 @@ def read_manifest(bundle: Path, check_hashes: bool = True) -> dict[str, Any]:
     for name, entry in files.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
             raise UsageError(f"{path}: entry {name!r} has no sha256; re-export the bundle")
-        member = _safe_member(bundle, name)
+        member = member_path(bundle, name)
         if not member.is_file():
             raise UsageError(f"{bundle}: {name} is missing; re-export the bundle")
         if check_hashes and sha256_file(member) != entry.get("sha256"):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.console import Console
 
+from trimformer.cli_runtime import runtime_choice, runtime_options
 from trimformer.errors import TrimformerError, UsageError
 
 if TYPE_CHECKING:
@@ -273,9 +274,10 @@ def _print_export_summary(output: Path, manifest: dict[str, Any]) -> None:
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--vs-full", is_flag=True, help="Also time the un-reduced graph, interleaved.")
+@runtime_options
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option(
-    "--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads."
+    "--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads of the backend."
 )
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
@@ -309,6 +311,9 @@ def _print_export_summary(output: Path, manifest: dict[str, Any]) -> None:
 def bench(
     bundle: Path,
     vs_full: bool,
+    backend: str,
+    precision: str,
+    device: str | None,
     batch: int,
     threads: int | None,
     runs: int,
@@ -318,8 +323,8 @@ def bench(
     configs: tuple[str, ...],
     engine_profile: str | None,
 ) -> None:
-    """Time a bundle on ONNX Runtime (or its TensorRT engines): p50/p90 latency, throughput,
-    optionally vs the full model.
+    """Time a bundle on ONNX Runtime or OpenVINO (or its TensorRT engines): p50/p90 latency,
+    throughput, optionally vs the full model (same backend and precision).
 
     Also reports peak memory and, where the platform exposes it, energy per inference.
     """
@@ -328,8 +333,13 @@ def bench(
     from trimformer.runtime import benchmark
     from trimformer.runtime.bench import render_table
 
+    runtime = runtime_choice(backend, precision, device)
     if engine_profile is not None and threads is not None:
         raise UsageError("--threads sets ONNX Runtime's threads; TensorRT engines take none")
+    if engine_profile is not None and runtime.backend != "ort":
+        raise UsageError("--engine times TensorRT engines; drop --backend / --precision")
+    if profile_ops and runtime.backend != "ort":
+        raise UsageError("--profile-ops reads ONNX Runtime's profiler; drop --backend openvino")
     if configs or engine_profile is not None:
         if vs_full or profile_ops:
             raise UsageError(
@@ -338,11 +348,19 @@ def bench(
             )
         from trimformer.cli_bank import bench_configs
 
-        bench_configs(bundle, configs, batch, threads, runs, warmup, json_path, engine_profile)
+        bench_configs(
+            bundle, configs, batch, threads, runs, warmup, json_path, engine_profile, runtime
+        )
         return
 
     result = benchmark(
-        bundle, batch=batch, threads=threads, runs=runs, warmup=warmup, vs_full=vs_full
+        bundle,
+        batch=batch,
+        threads=threads,
+        runs=runs,
+        warmup=warmup,
+        vs_full=vs_full,
+        runtime=runtime,
     )
     out.print(render_table(result))
     for note in result.telemetry_notes:  # one line per figure that cannot be read here, and why
@@ -379,14 +397,23 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True)
-def run(bundle: Path, images: tuple[Path, ...], top: int) -> None:
+@runtime_options
+def run(
+    bundle: Path,
+    images: tuple[Path, ...],
+    top: int,
+    backend: str,
+    precision: str,
+    device: str | None,
+) -> None:
     """Classify IMAGES with a bundle and print the top classes."""
     import numpy as np
     from rich.table import Table
 
     from trimformer.runtime import load, load_image
 
-    with load(bundle) as session:
+    runtime = runtime_choice(backend, precision, device)
+    with load(bundle, **runtime.load_options()) as session:
         preprocess = session.manifest["preprocess"]
         labels = session.manifest.get("labels")
         batch = np.stack([load_image(path, preprocess) for path in images])
@@ -446,6 +473,7 @@ def _register_subcommands() -> None:
     from trimformer.cli_eval import eval_command  # imports only click
     from trimformer.cli_passes import passes_command  # imports only click and errors
     from trimformer.cli_plugins import plugins_command  # imports only click
+    from trimformer.cli_quantize import quantize_command  # imports only click and errors
     from trimformer.cli_sweep import sweep_command, tune_command  # imports only click, errors
     from trimformer.cli_visualize import visualize_command  # imports only click and errors
 
@@ -457,6 +485,7 @@ def _register_subcommands() -> None:
     cli.add_command(eval_command)
     cli.add_command(sweep_command)
     cli.add_command(tune_command)
+    cli.add_command(quantize_command)
 
 
 _register_subcommands()

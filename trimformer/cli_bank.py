@@ -9,6 +9,7 @@ from trimformer.errors import UsageError
 
 if TYPE_CHECKING:
     from trimformer.profiles import ReductionConfig
+    from trimformer.runtime.options import RuntimeOptions
 
 __all__ = ["bank_configs", "bench_configs"]
 
@@ -58,6 +59,7 @@ def bench_configs(
     warmup: int,
     json_path: Path | None,
     engine_profile: str | None = None,
+    runtime: RuntimeOptions | None = None,
 ) -> None:
     """``bench --config`` / ``--engine``: time the named configs (all, or none named: every one;
     with an engine profile, every one with an engine) and print one row each."""
@@ -80,6 +82,7 @@ def bench_configs(
         runs=runs,
         warmup=warmup,
         engine_profile=engine_profile,
+        **({"runtime": runtime} if runtime is not None else {}),
     )
     out.print(render_bank_table(result))
     for note in result.telemetry_notes:

@@ -22,7 +22,7 @@ from trimformer.evaluation import metrics
 from trimformer.runtime import load
 from trimformer.runtime.session import Session
 
-__all__ = ["DATA_SETS", "EvalResult", "Progress", "evaluate"]
+__all__ = ["DATA_SETS", "EvalResult", "Progress", "data_inputs", "evaluate"]
 
 # data set -> the modality of bundle it needs
 DATA_SETS = {"fashion-mnist": "image", "lee": "text", "polarity": "text"}
@@ -73,20 +73,12 @@ def evaluate(
 ) -> EvalResult:
     """Run ``bundle``'s graphs on ``data`` (fashion-mnist, lee or polarity) and score them."""
     bundle = Path(bundle)
-    if data not in DATA_SETS:
-        raise UsageError(f"unknown data set {data!r}; choose from {', '.join(DATA_SETS)}")
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be >= 1, got {limit}")
     if batch < 1:
         raise UsageError(f"--batch must be >= 1, got {batch}")
     manifest = read_manifest(bundle)
-    modality = _modality(bundle, manifest)
-    if modality != DATA_SETS[data]:
-        fits = ", ".join(name for name, kind in DATA_SETS.items() if kind == modality)
-        raise UsageError(
-            f"{bundle} takes {modality} input, but --data {data} needs {DATA_SETS[data]} "
-            f"input; use --data {fits} or a {DATA_SETS[data]} bundle"
-        )
+    _check_data(bundle, manifest, data)
     task = _task(bundle, manifest, data, limit)
     graphs = ["model", "full"] if "full" in manifest["graphs"] else ["model"]
     outputs = {g: _run(bundle, g, task, batch, threads, progress) for g in graphs}
@@ -115,6 +107,27 @@ def evaluate(
         agreement_min=agreement_min,
         note=note,
     )
+
+
+def data_inputs(bundle: str | Path, data: str, limit: int | None = None) -> dict[str, np.ndarray]:
+    """The inputs ``bundle``'s graphs take for ``data`` (name -> array, a row per example), as
+    ``evaluate`` feeds them: what a quantizer calibrates on."""
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    _check_data(bundle, manifest, data)
+    return _task(bundle, manifest, data, limit).inputs
+
+
+def _check_data(bundle: Path, manifest: Mapping[str, Any], data: str) -> None:
+    if data not in DATA_SETS:
+        raise UsageError(f"unknown data set {data!r}; choose from {', '.join(DATA_SETS)}")
+    modality = _modality(bundle, manifest)
+    if modality != DATA_SETS[data]:
+        fits = ", ".join(name for name, kind in DATA_SETS.items() if kind == modality)
+        raise UsageError(
+            f"{bundle} takes {modality} input, but --data {data} needs {DATA_SETS[data]} "
+            f"input; use --data {fits} or a {DATA_SETS[data]} bundle"
+        )
 
 
 def _modality(bundle: Path, manifest: Mapping[str, Any]) -> str:

@@ -28,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from trimformer.errors import UsageError
+from trimformer.runtime.options import FP32_ORT, RuntimeOptions
 from trimformer.runtime.session import Provider, Session, TensorSpec, load
 from trimformer.runtime.telemetry import RssMeter, Telemetry, Unavailable
 
@@ -81,6 +82,8 @@ class BenchResult:
     runs: int
     threads: int | None
     providers: tuple[str, ...]
+    backend: str = "ort"
+    precision: str = "fp32"
     full_latency_ms_p50: float | None = None
     full_latency_ms_p90: float | None = None
     full_throughput: float | None = None
@@ -233,8 +236,10 @@ def benchmark(
     vs_full: bool = False,
     progress: bool = True,
     providers: Sequence[Provider] | None = None,
+    runtime: RuntimeOptions = FP32_ORT,
 ) -> BenchResult:
-    """Time the reduced graph (and the full one when ``vs_full``) on random inputs of ``batch``.
+    """Time the reduced graph (and the full one when ``vs_full``) on random inputs of ``batch``,
+    both on ``runtime``'s backend and precision.
 
     Latencies are per batch; throughput is ``batch`` / p50. Nothing here asserts a speed-up:
     the numbers are what this machine measured. Energy is measured over the timed runs, or with
@@ -249,12 +254,9 @@ def benchmark(
         notes.append(str(exc))
     else:
         memory.start()
-    # Without spinning, one session's idle threads cannot slow the other one timed next.
-    spinning = not vs_full
     # Each graph on its own session with ONNX Runtime's prepacked weights: its fastest form.
-    opts: dict[str, Any] = dict(
-        providers=providers, threads=threads, spinning=spinning, share_weights=False
-    )
+    opts = _session_options(runtime, providers, threads, spinning=not vs_full)
+    opts["share_weights"] = False
     sessions = [load(bundle, "model", **opts)]
     telemetry: Telemetry | None = None
     try:
@@ -297,6 +299,8 @@ def benchmark(
         runs=runs,
         threads=threads,
         providers=sessions[0].providers,
+        backend=runtime.backend,
+        precision=sessions[0].precision,
         peak_rss_mb=rss.peak_rss_mb if rss else None,
         rss_before_mb=rss.rss_before_mb if rss else None,
         rss_after_mb=rss.rss_after_mb if rss else None,
@@ -321,6 +325,22 @@ def benchmark(
         flops_ratio=flops[1] / flops[0],
         full_energy_mj_per_inference=per_inference[1],
     )
+
+
+def _session_options(
+    runtime: RuntimeOptions,
+    providers: Sequence[Provider] | None,
+    threads: int | None,
+    spinning: bool,
+) -> dict[str, Any]:
+    """``load``'s options for timing: without spinning (ONNX Runtime), one session's idle
+    threads cannot slow the other one timed next."""
+    opts: dict[str, Any] = {"threads": threads, **runtime.load_options()}
+    if runtime.backend == "ort":
+        opts.update(providers=providers, spinning=spinning)
+    elif providers is not None:
+        raise UsageError("providers are ONNX Runtime's; OpenVINO runs on --device")
+    return opts
 
 
 def _check_counts(batch: int, runs: int, warmup: int) -> None:
@@ -355,6 +375,8 @@ class BankBenchResult:
     threads: int | None
     providers: tuple[str, ...]
     share_weights: bool
+    backend: str = "ort"
+    precision: str = "fp32"
     peak_rss_mb: float | None = None
     rss_before_mb: float | None = None
     rss_after_mb: float | None = None
@@ -379,6 +401,7 @@ def benchmark_configs(
     providers: Sequence[Provider] | None = None,
     share_weights: bool = True,
     engine_profile: str | None = None,
+    runtime: RuntimeOptions = FP32_ORT,
 ) -> BankBenchResult:
     """Time ``configs`` of a bundle (None: all of them), interleaved, on one ``Session``.
 
@@ -401,13 +424,8 @@ def benchmark_configs(
         session: Session = load_engine(bundle, engine_profile)
         share_weights = False
     else:
-        session = load(
-            bundle,
-            providers=providers,
-            threads=threads,
-            spinning=False,
-            share_weights=share_weights,
-        )
+        opts = _session_options(runtime, providers, threads, spinning=False)
+        session = load(bundle, share_weights=share_weights, **opts)
     try:
         names = list(session.configs) if configs is None else list(dict.fromkeys(configs))
         for name in names:  # opens each; an unknown name is refused here, before any timing
@@ -438,6 +456,8 @@ def benchmark_configs(
         threads=threads,
         providers=session.providers,
         share_weights=share_weights,
+        backend=runtime.backend if engine_profile is None else "tensorrt",
+        precision=session.precision if engine_profile is None else "engine",
         peak_rss_mb=rss.peak_rss_mb if rss else None,
         rss_before_mb=rss.rss_before_mb if rss else None,
         rss_after_mb=rss.rss_after_mb if rss else None,
@@ -449,7 +469,8 @@ def benchmark_configs(
 def render_bank_table(result: BankBenchResult) -> Table:
     """A rich table with one row per config; speed-up is against ``none`` when it was timed."""
     table = Table(
-        title=f"configs, batch {result.batch}, {result.runs} runs, {', '.join(result.providers)}"
+        title=f"configs, batch {result.batch}, {result.runs} runs, "
+        f"{', '.join(result.providers)}, {result.precision}"
     )
     full = next((t for t in result.configs if t.config == "none"), None)
     columns = ["config", "p50 ms", "p90 ms", "throughput/s", "GFLOPs"]
@@ -472,7 +493,8 @@ def render_table(result: BenchResult) -> Table:
     """A rich table of the result: one row per graph (energy per source as columns when read);
     speed-up, FLOPs ratio, memory and Jetson state in the caption."""
     table = Table(
-        title=f"batch {result.batch}, {result.runs} runs, {', '.join(result.providers)}",
+        title=f"batch {result.batch}, {result.runs} runs, {', '.join(result.providers)}, "
+        f"{result.precision}",
     )
     sources = sorted(
         set(result.energy_mj_per_inference) | set(result.full_energy_mj_per_inference or {})

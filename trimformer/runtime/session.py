@@ -18,37 +18,33 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import onnxruntime as ort
-from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from trimformer.bundle import bank_configs, read_manifest
-from trimformer.errors import RuntimeFailure, UsageError, first_line
+from trimformer.errors import UsageError
+from trimformer.runtime.options import RuntimeOptions
+from trimformer.runtime.ort_backend import OrtBackend, Provider
+from trimformer.runtime.precision import quantized_graph_file
 from trimformer.runtime.shared_weights import SharedWeights
+
+if TYPE_CHECKING:
+    from trimformer.runtime.openvino_backend import OpenVinoBackend
 
 __all__ = ["Provider", "Session", "TensorSpec", "load"]
 
-Provider = str | tuple[str, dict[str, Any]]
-"""An execution provider: its name, or (name, options) as ONNX Runtime accepts."""
 
-_PREFERRED = ("CUDAExecutionProvider", "CPUExecutionProvider")
+class _Opened(Protocol):
+    """A graph opened by a backend: its real input / output names and a run of a feed."""
 
-# ONNX Runtime's own exceptions do not share a base class; these are the ones loading and
-# running a model raise.
-_ORT_ERRORS = (
-    _ort_state.Fail,
-    _ort_state.InvalidArgument,
-    _ort_state.InvalidGraph,
-    _ort_state.InvalidProtobuf,
-    _ort_state.NoSuchFile,
-    _ort_state.NotImplemented,
-    _ort_state.RuntimeException,
-    _ort_state.EPFail,
-    RuntimeError,
-    ValueError,
-)
+    @property
+    def input_names(self) -> list[str]: ...
+
+    @property
+    def output_names(self) -> list[str]: ...
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -75,26 +71,6 @@ def _shape_str(shape: Sequence[int | str]) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"
 
 
-def _resolve_providers(providers: Sequence[Provider] | None) -> list[Provider]:
-    """CUDA then CPU by default; an explicit list is passed through once every name is known."""
-    available = ort.get_available_providers()
-    if providers is None:
-        return [p for p in _PREFERRED if p in available]
-    if isinstance(providers, str):
-        providers = [providers]
-    providers = list(providers)
-    if not providers:
-        raise UsageError(f"no execution provider given; choose from {', '.join(available)}")
-    for provider in providers:
-        name = provider if isinstance(provider, str) else provider[0]
-        if name not in available:
-            raise UsageError(
-                f"execution provider {name!r} is not available in this onnxruntime; "
-                f"choose from {', '.join(available)}"
-            )
-    return providers
-
-
 def _graph_entry(bundle: Path, manifest: Mapping[str, Any], graph: str) -> Mapping[str, Any]:
     graphs = manifest.get("graphs")
     if not isinstance(graphs, dict) or "model" not in graphs:
@@ -119,31 +95,32 @@ class _Graph:
     outputs: tuple[TensorSpec, ...]
 
 
-@dataclass(frozen=True)
-class _Opened:
-    """An ONNX Runtime session and the shared weight values it reads (kept alive with it)."""
-
-    session: ort.InferenceSession
-    weights: tuple[ort.OrtValue, ...]
-
-
 class Session:
-    """A bundle's configs in ONNX Runtime: runs one config by default, switches with ``use``.
+    """A bundle's configs on one runtime: runs one config by default, switches with ``use``.
 
-    ``graph`` ("model": the bundle's default reduction, "full": un-reduced) or ``config`` (a
-    name from ``configs``) picks the config run by default. Other configs open on first use, or
-    all at once with ``preload`` (then ``use`` only swaps a reference). With ``share_weights``
-    every config's session reads the same weight buffers, held once; ONNX Runtime's weight
-    prepacking is then off, as it would copy every weight per session (on CPU, DeiT-S ran
-    1.1-1.4x slower without it: benchmarks/config_bank.py). ``share_weights=False`` gives
-    each session its own prepacked weights: fastest, but N copies for N configs. The default
-    (None) shares for a bank of more than two graphs, where memory is the point, and not for a
-    plain bundle (reduced + full), which usually runs one graph and should run it fastest.
+    ``backend`` is "ort" (ONNX Runtime, the default) or "openvino" (the ``openvino`` extra);
+    ``precision`` "fp32", "bf16" (OpenVINO's inference precision; falls back to fp32, with one
+    warning, on a device without bf16) or "int8" (the config's quantized graph, added to the
+    bundle by ``trimformer quantize``). ``graph`` ("model": the bundle's default reduction,
+    "full": un-reduced) or ``config`` (a name from ``configs``) picks the config run by default.
+    Other configs open on first use, or all at once with ``preload`` (then ``use`` only swaps a
+    reference).
+
+    ONNX Runtime only: ``providers`` (default CUDA when present, then CPU), ``profile_prefix``
+    (its profiler), ``spinning`` and ``share_weights``. With ``share_weights`` every fp32
+    config's session reads the same weight buffers, held once; ONNX Runtime's weight prepacking
+    is then off, as it would copy every weight per session (on CPU, DeiT-S ran 1.1-1.4x slower
+    without it: benchmarks/config_bank.py). ``share_weights=False`` gives each session its own
+    prepacked weights: fastest, but N copies for N configs. The default (None) shares for a bank
+    of more than two graphs, where memory is the point, and not for a plain bundle (reduced +
+    full), which usually runs one graph and should run it fastest. OpenVINO only: ``device``
+    ("CPU" by default; "GPU" and "NPU" where this OpenVINO finds them) and ``extensions`` (how
+    trimformer's ops load: "auto", "fused" or "decomposed"; see ``openvino_backend``).
 
     ``run`` may be called from several threads at once, also while another thread calls
-    ``use``: a call takes its config's session under a lock and finishes on it. NaN and inf
+    ``use``: a call takes its config's graph under a lock and finishes on it. NaN and inf
     inputs are not checked for; they propagate through the graph as in the original model.
-    Use as a context manager, or call ``close``, to release the ONNX Runtime sessions.
+    Use as a context manager, or call ``close``, to release the runtime's sessions.
     """
 
     def __init__(
@@ -157,8 +134,16 @@ class Session:
         config: str | None = None,
         preload: bool = False,
         share_weights: bool | None = None,
+        backend: str = "ort",
+        precision: str = "fp32",
+        device: str | None = None,
+        extensions: str = "auto",
     ) -> None:
         bundle = Path(bundle)
+        if threads is not None and (
+            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+        ):
+            raise UsageError(f"threads must be a positive integer, got {threads!r}")
         self.manifest: dict[str, Any] = read_manifest(bundle)
         self._bundle = bundle
         configs, default = bank_configs(self.manifest)
@@ -181,24 +166,29 @@ class Session:
             start = self._config_name(config)
         else:
             start = default if self._configs[default]["graph"] == graph else self._config_of(graph)
-        self._providers = _resolve_providers(providers)
-        self._options = (threads, profile_prefix, spinning)
-        if threads is not None and (
-            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
-        ):
-            raise UsageError(f"threads must be a positive integer, got {threads!r}")
+        self._backend = _backend(
+            backend, precision, providers, threads, profile_prefix, spinning, device, extensions
+        )
+        self.backend: str = backend
+        self.precision: str = self._backend.precision
+        """The precision the graphs run at (fp32 where bf16 was asked for but is not there)."""
         if share_weights is None:
             share_weights = len(self._graphs) > 2
-        self._weights = SharedWeights.of(bundle, self.manifest) if share_weights else None
+        shareable = backend == "ort" and precision == "fp32"
+        self._weights = (
+            SharedWeights.of(bundle, self.manifest) if share_weights and shareable else None
+        )
         self._lock = threading.Lock()  # guards _current, _opened and _closed
         self._open_lock = threading.Lock()  # one session is created at a time
         self._opened: dict[str, _Opened] = {}
         self._closed = False
         self._current = start
         opened = self._session(self._configs[start]["graph"])
-        self.providers: tuple[str, ...] = tuple(opened.session.get_providers())
+        providers_in_use, options = self._backend.providers_of(opened)
+        self.providers: tuple[str, ...] = providers_in_use
+        """What runs the graphs: ONNX Runtime's providers, or the OpenVINO device."""
         # provider -> its options as ONNX Runtime applied them (e.g. CUDA's "device_id")
-        self.provider_options: dict[str, dict[str, str]] = opened.session.get_provider_options()
+        self.provider_options: dict[str, dict[str, str]] = options
         if preload:
             for name in self._graphs:
                 self._session(name)
@@ -328,30 +318,14 @@ class Session:
             raise UsageError(f"{self!r} is closed; load the bundle again")
 
     def _open(self, graph: _Graph) -> _Opened:
-        threads, profile_prefix, spinning = self._options
-        options = ort.SessionOptions()
-        if not spinning:  # idle threads would steal the cores of another session timed next
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if profile_prefix is not None:
-            options.enable_profiling = True
-            options.profile_file_prefix = profile_prefix
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        weights = self._weights  # close() may drop it meanwhile
-        shared = weights.initializers(graph.name) if weights is not None else {}
-        if shared:  # prepacking would give each session its own packed copy of every weight
-            options.add_session_config_entry("session.disable_prepacking", "1")
-        for name, value in shared.items():
-            options.add_initializer(name, value)
-        try:
-            session = ort.InferenceSession(str(graph.file), options, providers=self._providers)
-        except _ORT_ERRORS as exc:
-            raise UsageError(
-                f"{graph.file} cannot be loaded by onnxruntime: {first_line(exc)}; "
-                "re-export the bundle"
-            ) from None
-        _check_against_graph(graph, session)
-        return _Opened(session, tuple(shared.values()))
+        file = graph.file
+        if self.precision == "int8":
+            file = quantized_graph_file(
+                self._bundle, self.manifest, self._config_of(graph.name), self.backend
+            )
+        opened = self._backend.open(file, graph.name, self._weights)
+        _check_against_graph(graph, file, opened)
+        return opened
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ", ".join(self.providers)
@@ -371,10 +345,12 @@ class Session:
     def end_profiling(self) -> Path:
         """Stop ONNX Runtime's profiler (session opened with profile_prefix) of the current
         config; return its JSON."""
-        return Path(self._session(self.graph).session.end_profiling())
+        if not isinstance(self._backend, OrtBackend):
+            raise UsageError("end_profiling is ONNX Runtime's profiler; load with backend='ort'")
+        return self._backend.end_profiling(self._session(self.graph))
 
     def close(self) -> None:
-        """Release the ONNX Runtime sessions; later calls to ``run`` are errors.
+        """Release the runtime's sessions; later calls to ``run`` are errors.
 
         Calls in flight finish first: each holds its session and weights until it returns.
         """
@@ -444,12 +420,7 @@ class Session:
                 f"missing input {exc.args[0]!r}; graph {graph.name!r} expects "
                 f"{_describe(graph.inputs)}"
             ) from None
-        try:
-            results = opened.session.run(None, own)
-        except _ORT_ERRORS as exc:
-            raise RuntimeFailure(
-                f"onnxruntime failed running {graph.file}: {first_line(exc)}"
-            ) from None
+        results = opened.run(own)
         return {spec.name: value for spec, value in zip(graph.outputs, results, strict=True)}
 
 
@@ -457,19 +428,41 @@ def _describe(specs: Sequence[TensorSpec]) -> str:
     return "; ".join(spec.describe() for spec in specs)
 
 
-def _check_against_graph(graph: _Graph, session: ort.InferenceSession) -> None:
+def _check_against_graph(graph: _Graph, file: Path, opened: _Opened) -> None:
     """The manifest must name the graph's real inputs and outputs, in order."""
-    for kind, declared, actual in (
-        ("inputs", graph.inputs, session.get_inputs()),
-        ("outputs", graph.outputs, session.get_outputs()),
+    for kind, declared, real in (
+        ("inputs", graph.inputs, opened.input_names),
+        ("outputs", graph.outputs, opened.output_names),
     ):
         names = [s.name for s in declared]
-        real = [a.name for a in actual]
         if names != real:
             raise UsageError(
-                f"{graph.file}: manifest declares {kind} {names} but the graph has {real}; "
+                f"{file}: manifest declares {kind} {names} but the graph has {real}; "
                 "re-export the bundle"
             )
+
+
+def _backend(
+    backend: str,
+    precision: str,
+    providers: Sequence[Provider] | None,
+    threads: int | None,
+    profile_prefix: str | None,
+    spinning: bool,
+    device: str | None,
+    extensions: str,
+) -> OrtBackend | OpenVinoBackend:
+    """The backend that opens the graphs, after checking the options fit it."""
+    RuntimeOptions(backend, precision, device, extensions)  # refuses what does not fit
+    if backend == "ort":
+        return OrtBackend(providers, threads, profile_prefix, spinning, precision)
+    if providers is not None or profile_prefix is not None:
+        raise UsageError(
+            "providers and profile_prefix are ONNX Runtime's; for OpenVINO choose device"
+        )
+    from trimformer.runtime.openvino_backend import OpenVinoBackend
+
+    return OpenVinoBackend(device or "CPU", threads, precision, extensions)
 
 
 def _check_array(spec: TensorSpec, array: np.ndarray, dims: dict[str, tuple[str, int]]) -> None:
@@ -513,6 +506,10 @@ def load(
     config: str | None = None,
     preload: bool = False,
     share_weights: bool | None = None,
+    backend: str = "ort",
+    precision: str = "fp32",
+    device: str | None = None,
+    extensions: str = "auto",
 ) -> Session:
     """Load a bundle after checking its hashes, to run ``graph`` ("model": reduced, "full":
     un-reduced) or the named ``config`` by default.
@@ -522,7 +519,8 @@ def load(
     threads from busy-waiting, for fair timing of several sessions in one process.
     ``preload`` opens every config now, so that ``Session.use`` is a reference swap;
     ``share_weights`` holds the weights once for all configs (default: for banks of more than
-    two graphs; see ``Session``).
+    two graphs; see ``Session``). ``backend`` "ort" or "openvino", ``precision`` "fp32", "bf16"
+    or "int8", ``device`` and ``extensions`` (OpenVINO) as in ``Session``.
     """
     return Session(
         bundle,
@@ -533,4 +531,8 @@ def load(
         config=config,
         preload=preload,
         share_weights=share_weights,
+        backend=backend,
+        precision=precision,
+        device=device,
+        extensions=extensions,
     )
