@@ -178,7 +178,7 @@ def test_openvino_int8_calibrated_by_nncf_runs_with_the_fp32_accuracy(
     ]
     assert entry["scheme"] == "nncf-ptq" and set(entry["files"]) == {"graph", "weights"}
     assert entry["files"]["graph"]["path"].endswith(".xml")
-    images, labels = test_images
+    images, _ = test_images
     reference = _top1(bundle, images, "none")
     for config in ("tome-r16", "none"):
         top1 = _top1(bundle, images, config, backend="openvino", precision="int8")
