@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -66,8 +67,10 @@ def test_a_users_file_loads_by_path(tmp_path: Path):
         ({"workspace_mib": True}, "key 'workspace_mib' must be an integer"),
         ({"workspace_mib": 8}, "key 'workspace_mib' must be in 16.."),
         ({"builder_optimization_level": 6}, "key 'builder_optimization_level' must be in 0..5"),
-        ({"precision": "bf16"}, "key 'precision' must be one of fp32, fp16, int8"),
-        ({"backend": "openvino"}, "key 'backend' must be one of"),
+        ({"precision": "bf16"}, "key 'precision' must be one of fp32, fp16, int8 for backend"),
+        ({"precision": "fp8"}, "key 'precision' must be one of fp32, fp16, bf16, int8, got"),
+        ({"backend": "ncnn"}, "key 'backend' must be one of"),
+        ({"device": "GPU"}, "key 'device' applies only to backend openvino"),
         ({"dla_core": 2}, "key 'dla_core' must be in 0..1"),
         ({"dla_core": 0, "precision": "fp32"}, "key 'dla_core' needs precision fp16 or int8"),
         ({"gpu_fallback": "yes"}, "key 'gpu_fallback' must be true or false"),
@@ -107,3 +110,35 @@ def test_unknown_names_and_bad_files_say_what_exists(tmp_path: Path):
     broken.write_text("backend: [tensorrt\n")
     with pytest.raises(UsageError, match="is not valid YAML at line"):
         load_device_profile(str(broken))
+
+
+@pytest.mark.parametrize(
+    ("name", "backend", "precision", "device"),
+    [
+        ("cpu-ort", "ort", "fp32", None),
+        ("cpu-openvino", "openvino", "fp32", "CPU"),
+        ("xeon-amx-bf16", "openvino", "bf16", "CPU"),
+        ("cpu-openvino-int8", "openvino", "int8", "CPU"),
+        ("intel-igpu", "openvino", "fp16", "GPU"),
+        ("intel-npu", "openvino", "fp16", "NPU"),
+    ],
+)
+def test_cpu_and_intel_profiles_say_how_the_runtime_runs(name, backend, precision, device):
+    options = load_device_profile(name).runtime_options()
+    assert (options.backend, options.precision, options.device) == (backend, precision, device)
+
+
+def test_openvino_profiles_refuse_keys_and_precisions_of_other_backends(tmp_path):
+    base = {"backend": "openvino", "precision": "bf16", "batch": {"min": 1, "opt": 1, "max": 8}}
+    for change, needle in (
+        ({"device": "TPU"}, "key 'device' must be one of CPU, GPU, NPU"),
+        ({"providers": ["CPUExecutionProvider"]}, "key 'providers' applies only to backend"),
+        ({"workspace_mib": 64}, "key 'workspace_mib' applies only to backend tensorrt"),
+    ):
+        with pytest.raises(UsageError, match=re.escape(needle)):
+            parse_device_profile({**base, **change}, "x", "x")
+    with pytest.raises(UsageError, match="for tensorrt engines, which the runtime does not time"):
+        load_device_profile("desktop-rtx").runtime_options()
+    ort = {**base, "backend": "onnxruntime"}
+    with pytest.raises(UsageError, match="must be one of fp32, int8 for backend onnxruntime"):
+        parse_device_profile(ort, "x", "x")

@@ -26,11 +26,12 @@ def runtime_options(command: F) -> F:
     )(command)
     command = click.option(
         "--precision",
-        type=click.Choice(["fp32", "bf16", "int8"]),
+        type=click.Choice(["fp32", "fp16", "bf16", "int8"]),
         default="fp32",
         show_default=True,
-        help="bf16: OpenVINO's inference precision (AMX / AVX512-BF16 CPUs); int8: the graphs "
-        "`trimformer quantize` added for this backend. Reductions match and rank in fp32.",
+        help="bf16 / fp16: OpenVINO's inference precision (bf16: AMX / AVX512-BF16 CPUs; fp16: "
+        "iGPU, NPU); int8: the graphs `trimformer quantize` added for this backend. Reductions "
+        "match and rank in fp32.",
     )(command)
     return click.option(
         "--backend",

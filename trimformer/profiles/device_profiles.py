@@ -1,10 +1,11 @@
 """Device profiles: the packaged ``profiles/devices/*.yaml`` (or a user's file) and their loader.
 
-A device profile says how to deploy on one kind of device: the backend (``tensorrt`` engines or
-``onnxruntime``), the precision, and for TensorRT the workspace, builder optimisation level, DLA
-core (Jetson AGX Orin / Orin NX, with GPU fallback) and the batch range the engine's
-optimisation profile covers. Every key is checked before anything runs: an unknown key, a wrong
-type, an out-of-range value or a key of the other backend is a UsageError naming the key.
+A device profile says how to deploy on one kind of device: the backend (``tensorrt`` engines,
+``onnxruntime`` or ``openvino``), the precision, for OpenVINO its device (CPU, GPU, NPU), and
+for TensorRT the workspace, builder optimisation level, DLA core (Jetson AGX Orin / Orin NX,
+with GPU fallback) and the batch range the engine's optimisation profile covers. Every key is
+checked before anything runs: an unknown key, a wrong type, an out-of-range value or a key of
+the other backend is a UsageError naming the key.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from trimformer.errors import UsageError
+
+if TYPE_CHECKING:
+    from trimformer.runtime.options import RuntimeOptions
 
 __all__ = [
     "BACKENDS",
@@ -29,8 +33,9 @@ __all__ = [
     "parse_device_profile",
 ]
 
-BACKENDS = ("tensorrt", "onnxruntime")
-PRECISIONS = ("fp32", "fp16", "int8")
+BACKENDS = ("tensorrt", "onnxruntime", "openvino")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+_RUNTIME_BACKENDS = {"onnxruntime": "ort", "openvino": "openvino"}
 _MAX_BATCH = 4096
 
 
@@ -59,6 +64,19 @@ class DeviceProfile:
     gpu_fallback: bool = True
     providers: tuple[str, ...] = ()
     threads: int | None = None
+    device: str | None = None
+
+    def runtime_options(self) -> RuntimeOptions:
+        """How the runtime runs a bundle on this device (onnxruntime and openvino profiles)."""
+        from trimformer.runtime.options import RuntimeOptions
+
+        if self.backend not in _RUNTIME_BACKENDS:
+            raise UsageError(
+                f"device profile {self.name} is for {self.backend} engines, which the runtime "
+                "does not time here; use trimformer build and bench --engine, or a CPU profile "
+                "(cpu-ort, cpu-openvino)"
+            )
+        return RuntimeOptions(_RUNTIME_BACKENDS[self.backend], self.precision, self.device)
 
 
 Check = Callable[[str, Any], Any]
@@ -123,6 +141,7 @@ def _batch(key: str, value: Any) -> BatchRange:
 _ALL = frozenset(BACKENDS)
 _TRT = frozenset({"tensorrt"})
 _ORT = frozenset({"onnxruntime"})
+_OV = frozenset({"openvino"})
 _REQUIRED = object()
 
 # key -> (check, the backends that accept it, default or _REQUIRED)
@@ -136,7 +155,15 @@ _KEYS: dict[str, tuple[Check, frozenset[str], Any]] = {
     "dla_core": (_integer(0, 1, optional=True), _TRT, None),
     "gpu_fallback": (_boolean, _TRT, True),
     "providers": (_strings, _ORT, ("CPUExecutionProvider",)),
-    "threads": (_integer(1, 1024, optional=True), _ORT, None),
+    "threads": (_integer(1, 1024, optional=True), _ORT | _OV, None),
+    "device": (_choice(("CPU", "GPU", "NPU")), _OV, "CPU"),
+}
+
+
+_BACKEND_PRECISIONS = {
+    "tensorrt": ("fp32", "fp16", "int8"),
+    "onnxruntime": ("fp32", "int8"),
+    "openvino": ("fp32", "fp16", "bf16", "int8"),
 }
 
 
@@ -169,6 +196,9 @@ def parse_device_profile(data: Any, name: str, source: str) -> DeviceProfile:
                 values[key] = default
         if values.get("dla_core") is not None and values["precision"] == "fp32":
             raise _KeyError("dla_core", "needs precision fp16 or int8 (DLA has no FP32)")
+        if values["precision"] not in _BACKEND_PRECISIONS[backend]:
+            fits = ", ".join(_BACKEND_PRECISIONS[backend])
+            raise _KeyError("precision", f"must be one of {fits} for backend {backend}")
     except _KeyError as exc:
         raise UsageError(f"device profile {source}: {exc}") from None
     return DeviceProfile(name=name, source=source, **values)

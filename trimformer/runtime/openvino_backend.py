@@ -3,8 +3,9 @@
 The bundle's ONNX graphs load as they are: trimformer's extension (``openvino_ext``) maps every
 ``trimformer``-domain node to a fused C++ op, or, without the compiled library, to OpenVINO
 opset ops built from the op's ONNX function. fp32 and bf16 are OpenVINO's inference precision
-(``INFERENCE_PRECISION_HINT``); OpenVINO's CPU plugin would pick bf16 by itself on an AMX CPU,
-so fp32 is always set explicitly. int8 graphs (NNCF, ``trimformer quantize``) are OpenVINO IR.
+(``INFERENCE_PRECISION_HINT``), as is fp16 (iGPU, NPU); OpenVINO's CPU plugin would pick bf16 by
+itself on an AMX CPU, so fp32 is always set explicitly. int8 graphs (NNCF, ``trimformer
+quantize``) are OpenVINO IR.
 
 An ``InferRequest`` serves one call at a time, so each opened graph keeps a pool of them: a call
 takes a free request (or makes one), which lets several threads run one graph at once.
@@ -25,7 +26,7 @@ from trimformer.errors import RuntimeFailure, UsageError, first_line
 __all__ = ["OpenVinoBackend", "import_openvino"]
 
 _log = logging.getLogger("trimformer")
-_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+_HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
 """OpenVINO's inference precision per trimformer precision: int8 graphs carry their own
 quantize/dequantize ops and run the rest at fp32."""
 
@@ -84,7 +85,7 @@ class OpenVinoBackend:
     """
 
     name = "openvino"
-    precisions = ("fp32", "bf16", "int8")
+    precisions = ("fp32", "fp16", "bf16", "int8")
 
     def __init__(
         self,
@@ -138,15 +139,17 @@ class OpenVinoBackend:
 
 
 def _supported_precision(core: Any, device: str, precision: str) -> str:
-    """``precision``, or fp32 with one warning where the device has no bf16."""
-    if precision != "bf16":
+    """``precision``, or fp32 with one warning where the device lacks fp16 / bf16 arithmetic
+    (a CPU without AVX512-FP16 / AMX-FP16, or without AVX512-BF16 / AMX)."""
+    if precision not in ("fp16", "bf16"):
         return precision
     capabilities = core.get_property(device, "OPTIMIZATION_CAPABILITIES")
-    if "BF16" in capabilities:
+    if precision.upper() in capabilities:
         return precision
     _log.warning(
-        "%s has no bf16 support (OpenVINO reports %s); running fp32",
+        "%s has no %s support (OpenVINO reports %s); running fp32",
         device,
+        precision,
         ", ".join(capabilities),
     )
     return "fp32"

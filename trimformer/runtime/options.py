@@ -24,7 +24,7 @@ can be built."""
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """A backend ("ort" or "openvino"), a precision ("fp32", "bf16", "int8"), an OpenVINO
+    """A backend ("ort" or "openvino"), a precision ("fp32", "fp16", "bf16", "int8"), an OpenVINO
     device (None: CPU) and how OpenVINO loads trimformer's ops ("auto", "fused",
     "decomposed")."""
 
@@ -40,10 +40,11 @@ class RuntimeOptions:
             raise UsageError(
                 f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}"
             )
-        if self.backend == "ort" and self.precision == "bf16":
+        if self.backend == "ort" and self.precision in ("fp16", "bf16"):
             raise UsageError(
-                "precision bf16 runs on OpenVINO (ONNX Runtime's CPU provider has no bf16 "
-                "kernels); use --backend openvino, or --precision fp32 / int8"
+                f"precision {self.precision} runs on OpenVINO (an inference precision ONNX "
+                "Runtime does not have for these graphs); use --backend openvino, or --precision "
+                "fp32 / int8"
             )
         if self.extensions not in EXTENSION_MODES:
             raise UsageError(

@@ -1,8 +1,8 @@
 """Precisions a bundle runs at, and where a config's quantized graph lies in the bundle.
 
-fp32 and bf16 run the exported graphs (bf16 is OpenVINO's inference precision, set when the
-graph is compiled); int8 runs a graph that ``trimformer quantize`` added to the bundle for one
-config and one backend. The manifest records each under ``quantized`` as
+fp32, fp16 and bf16 run the exported graphs (fp16 and bf16 are OpenVINO's inference precision,
+set when the graph is compiled); int8 runs a graph that ``trimformer quantize`` added to the
+bundle for one config and one backend. The manifest records each under ``quantized`` as
 ``"<config>/<backend>-int8"`` -> its files (path, sha256, bytes) and how it was made (scheme,
 calibration set and size), so a bank can hold ``tome-r13/int8`` beside ``none/int8``.
 """
@@ -18,7 +18,7 @@ from trimformer.errors import UsageError
 
 __all__ = ["PRECISIONS", "quantized_entry", "quantized_graph_file", "quantized_key"]
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 def quantized_key(config: str, backend: str) -> str:
