@@ -116,6 +116,17 @@ def test_weights_are_stored_once_or_copied_on_request(bank: Path, repo: Path, tm
     assert "a plain copy in each model" in (copies / "README.md").read_text()
 
 
+def test_why_hard_links_onnx_runtime_refuses_weights_linked_from_another_folder(
+    repo: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "other" / "1"
+    model.mkdir(parents=True)
+    shutil.copyfile(repo / "none" / "1" / "model.onnx", model / "model.onnx")
+    os.symlink(repo / "tome-r2" / "1" / WEIGHTS, model / WEIGHTS)
+    with pytest.raises(Exception, match="escapes model directory"):
+        ort.InferenceSession(str(model / "model.onnx"))
+
+
 def test_ensembles_chain_the_preprocess_model_to_each_config(repo: Path) -> None:
     preprocess = parse_config(repo / "preprocess")
     assert preprocess.backend == "python"

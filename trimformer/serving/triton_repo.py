@@ -17,7 +17,7 @@ Each ``config.pbtxt`` is built as Triton's own ``inference.ModelConfig`` protobu
 schema ``tritonclient`` ships) and printed in protobuf text format, so it parses as Triton parses
 it. Weights are held once on disk: every model's ``weights.bin`` is a hard link of the bundle's
 (where the file system allows; else the first model gets a copy and the others hard-link it).
-Symbolic links would not do: ONNX Runtime (1.2x and later) resolves an external data path and
+Symbolic links would not do: ONNX Runtime (1.32, as tested) resolves an external data path and
 refuses one that leads outside the model's folder ("External data path escapes model
 directory"), which a link to another model's folder does. ``weights="copy"`` gives every model a
 plain copy, for stores that keep no links (object stores). Engines are hard-linked (or copied)
