@@ -50,6 +50,25 @@ def tome_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+BANK_SIZE = 48  # 9 patches + CLS: tome r=1 and r=2 reduce at every layer's start
+BANK_CONFIGS = ("tome-r2", "none", "tome-r1")
+
+
+def export_tiny_bank(path: Path) -> Path:
+    """DeiT-Ti at 48 px as a bank of three configs (tome-r2, the default; none; tome-r1)."""
+    configs = tuple(
+        (
+            name,
+            ReductionConfig("tome", {"r": int(name[-1])})
+            if name != "none"
+            else ReductionConfig("none"),
+        )
+        for name in BANK_CONFIGS
+    )
+    export_bundle(ExportRequest(TINY_BUNDLE_MODEL, path, image_size=BANK_SIZE, bank=configs))
+    return path
+
+
 TEXT_WORDS = [
     *("the", "a", "cat", "dog", "sat", "on", "mat", "ran"),
     *("fast", "slow", "red", "blue", "big", "small", "house", "tree"),

@@ -232,6 +232,8 @@ def test_benchmark_vs_full(bundle: Path) -> None:
         "runs",
         "threads",
         "providers",
+        "backend",
+        "precision",
         "full_latency_ms_p50",
         "full_latency_ms_p90",
         "full_throughput",

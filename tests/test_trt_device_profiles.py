@@ -11,6 +11,7 @@ import yaml
 from trimformer.errors import UsageError
 from trimformer.profiles.device_profiles import (
     BatchRange,
+    ServingSettings,
     list_device_profiles,
     load_device_profile,
     parse_device_profile,
@@ -52,6 +53,17 @@ def test_defaults_fill_optional_tensorrt_keys():
     assert profile.batch == BatchRange(1, 2, 4)
 
 
+def test_serving_settings_default_to_the_batch_opt_and_are_packaged():
+    profile = parse_device_profile(TRT, "mine", "mine.yaml")
+    assert profile.serving == ServingSettings((2,), 100, 1)
+    given = {**TRT, "serving": {"preferred_batch": [4, 2, 4], "instances": 2}}
+    assert parse_device_profile(given, "x", "x").serving == ServingSettings((2, 4), 100, 2)
+    for name in PACKAGED:
+        serving = load_device_profile(name).serving
+        batch = load_device_profile(name).batch
+        assert all(batch.min <= size <= batch.max for size in serving.preferred_batch)
+
+
 def test_a_users_file_loads_by_path(tmp_path: Path):
     path = tmp_path / "orin-dla.yaml"
     path.write_text(yaml.safe_dump({**TRT, "dla_core": 1}))
@@ -81,6 +93,12 @@ def test_a_users_file_loads_by_path(tmp_path: Path):
         ({"batch": {"min": 0, "opt": 1, "max": 1}}, "key 'batch.min' must be in 1.."),
         ({"batch": [1, 2, 4]}, "key 'batch' must be a mapping"),
         ({"description": 3}, "key 'description' must be a string"),
+        ({"serving": [4]}, "key 'serving' must be a mapping"),
+        ({"serving": {"delay": 5}}, "key 'serving.delay' is not a key"),
+        ({"serving": {"preferred_batch": []}}, "key 'serving.preferred_batch' must be a list"),
+        ({"serving": {"preferred_batch": [8]}}, "has 8, outside the batch range 1..4"),
+        ({"serving": {"max_queue_delay_us": -1}}, "key 'serving.max_queue_delay_us' must be in"),
+        ({"serving": {"instances": 0}}, "key 'serving.instances' must be in 1..64"),
     ],
 )
 def test_bad_keys_are_refused_by_name(change, needle):

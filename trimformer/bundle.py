@@ -20,13 +20,14 @@ Both the exporter (writing) and the runtime (reading, hash checks) use this modu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,7 @@ __all__ = [
     "member_path",
     "read_manifest",
     "sha256_file",
+    "staged_directory",
     "update_manifest",
     "write_atomic",
     "write_bundle",
@@ -192,6 +194,38 @@ def _externalize(graphs: Mapping[str, onnx.ModelProto], weights_path: Path) -> d
     return {"file": WEIGHTS, "tensors": tensors, "graphs": uses}
 
 
+@contextlib.contextmanager
+def staged_directory(dest: Path, force: bool, what: str) -> Iterator[Path]:
+    """A temporary sibling of ``dest`` to fill; renamed into place when the block ends well.
+
+    An existing ``dest`` is an error unless ``force``, and is then replaced by a rename (never
+    left half-replaced). If the block fails, the temporary directory goes and ``dest`` is
+    untouched; an ``OSError`` becomes a RuntimeFailure naming ``what`` was being written.
+    """
+    dest = Path(dest)
+    if dest.exists() and not force:
+        raise UsageError(f"{dest} already exists; choose another -o folder or pass --force")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write to {dest.parent}: {exc.strerror}; choose a writable -o"
+        ) from None
+    try:
+        yield tmp
+        _replace(tmp, dest)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeFailure(
+            f"writing the {what} failed ({exc}); nothing was written to {dest}"
+        ) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_bundle(
     dest: Path,
     graphs: Mapping[str, onnx.ModelProto],
@@ -201,24 +235,12 @@ def write_bundle(
 ) -> None:
     """Write graphs (name -> model), asset folders (name -> writer of that folder), manifest.
 
-    Writing is atomic. The manifest gets the format fields and the sha256 of every file. An
-    existing ``dest`` is an error unless ``force``, in which case it is replaced by a rename
-    (never left half-replaced).
+    Writing is atomic (``staged_directory``). The manifest gets the format fields and the sha256
+    of every file. An existing ``dest`` is an error unless ``force``.
     """
     import onnx
 
-    dest = Path(dest)
-    if dest.exists() and not force:
-        raise UsageError(f"{dest} already exists; choose another -o folder or pass --force")
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-        tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is an ordinary folder
-    except OSError as exc:
-        raise UsageError(
-            f"cannot write to {dest.parent}: {exc.strerror}; choose a writable -o"
-        ) from None
-    try:
+    with staged_directory(dest, force, "bundle") as tmp:
         shared_weights = _externalize(graphs, tmp / WEIGHTS)
         for name, model in graphs.items():
             onnx.save_model(model, tmp / f"{name}.onnx")
@@ -234,15 +256,6 @@ def write_bundle(
         full["shared_weights"] = shared_weights
         full["files"] = files
         (tmp / MANIFEST).write_text(json.dumps(full, indent=2) + "\n")
-        _replace(tmp, dest)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RuntimeFailure(
-            f"writing the bundle failed ({exc}); nothing was written to {dest}"
-        ) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _replace(tmp: Path, dest: Path) -> None:

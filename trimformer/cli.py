@@ -474,6 +474,7 @@ def _register_subcommands() -> None:
     from trimformer.cli_passes import passes_command  # imports only click and errors
     from trimformer.cli_plugins import plugins_command  # imports only click
     from trimformer.cli_quantize import quantize_command  # imports only click and errors
+    from trimformer.cli_serve import serve_command, triton_command  # imports only click, errors
     from trimformer.cli_sweep import sweep_command, tune_command  # imports only click, errors
     from trimformer.cli_visualize import visualize_command  # imports only click and errors
 
@@ -486,6 +487,8 @@ def _register_subcommands() -> None:
     cli.add_command(sweep_command)
     cli.add_command(tune_command)
     cli.add_command(quantize_command)
+    cli.add_command(triton_command)
+    cli.add_command(serve_command)
 
 
 _register_subcommands()

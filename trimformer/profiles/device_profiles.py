@@ -3,9 +3,12 @@
 A device profile says how to deploy on one kind of device: the backend (``tensorrt`` engines,
 ``onnxruntime`` or ``openvino``), the precision, for OpenVINO its device (CPU, GPU, NPU), and
 for TensorRT the workspace, builder optimisation level, DLA core (Jetson AGX Orin / Orin NX,
-with GPU fallback) and the batch range the engine's optimisation profile covers. Every key is
-checked before anything runs: an unknown key, a wrong type, an out-of-range value or a key of
-the other backend is a UsageError naming the key.
+with GPU fallback) and the batch range the engine's optimisation profile covers. ``serving``
+says how a serving engine (Triton's dynamic batcher, Ray Serve's ``@serve.batch``) groups
+requests on that device: the batch sizes it prefers, how long a request may wait for others,
+and how many model instances run side by side. Every key is checked before anything runs: an
+unknown key, a wrong type, an out-of-range value or a key of the other backend is a UsageError
+naming the key.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ __all__ = [
     "PRECISIONS",
     "BatchRange",
     "DeviceProfile",
+    "ServingSettings",
     "list_device_profiles",
     "load_device_profile",
     "parse_device_profile",
@@ -37,6 +41,8 @@ BACKENDS = ("tensorrt", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 _RUNTIME_BACKENDS = {"onnxruntime": "ort", "openvino": "openvino"}
 _MAX_BATCH = 4096
+_DEFAULT_QUEUE_DELAY_US = 100
+_SERVING_KEYS = ("preferred_batch", "max_queue_delay_us", "instances")
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,16 @@ class BatchRange:
     min: int
     opt: int
     max: int
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """How a server batches requests on the device: the batch sizes to aim for, the longest a
+    request waits for others to join its batch, and the model instances (copies) per device."""
+
+    preferred_batch: tuple[int, ...]
+    max_queue_delay_us: int
+    instances: int = 1
 
 
 @dataclass(frozen=True)
@@ -77,6 +93,9 @@ class DeviceProfile:
                 "(cpu-ort, cpu-openvino)"
             )
         return RuntimeOptions(_RUNTIME_BACKENDS[self.backend], self.precision, self.device)
+
+    # the loader always fills it (default: one instance, batching towards batch.opt in 100 us)
+    serving: ServingSettings = ServingSettings((1,), _DEFAULT_QUEUE_DELAY_US)
 
 
 Check = Callable[[str, Any], Any]
@@ -138,6 +157,48 @@ def _batch(key: str, value: Any) -> BatchRange:
     return BatchRange(**sizes)
 
 
+def _serving(key: str, value: Any) -> dict[str, Any]:
+    """The ``serving`` mapping's values, checked one by one; the batch range is checked later."""
+    if not isinstance(value, dict):
+        raise _KeyError(key, f"must be a mapping with {', '.join(_SERVING_KEYS)}, got {value!r}")
+    unknown = sorted(set(map(str, value)) - set(_SERVING_KEYS))
+    if unknown:
+        raise _KeyError(
+            f"{key}.{unknown[0]}", f"is not a key; serving takes {', '.join(_SERVING_KEYS)}"
+        )
+    checked: dict[str, Any] = {}
+    if "preferred_batch" in value:
+        sizes = value["preferred_batch"]
+        if not isinstance(sizes, list) or not sizes:
+            raise _KeyError(
+                f"{key}.preferred_batch", f"must be a list of batch sizes, got {sizes!r}"
+            )
+        where = f"{key}.preferred_batch"
+        checked["preferred_batch"] = tuple(_integer(1, _MAX_BATCH)(where, v) for v in sizes)
+    if "max_queue_delay_us" in value:
+        delay = _integer(0, 10_000_000)(f"{key}.max_queue_delay_us", value["max_queue_delay_us"])
+        checked["max_queue_delay_us"] = delay
+    if "instances" in value:
+        checked["instances"] = _integer(1, 64)(f"{key}.instances", value["instances"])
+    return checked
+
+
+def _serving_settings(values: dict[str, Any], batch: BatchRange) -> ServingSettings:
+    """Fill the defaults; every preferred size must lie in the profile's batch range."""
+    preferred = values.get("preferred_batch", (batch.opt,))
+    outside = [size for size in preferred if not batch.min <= size <= batch.max]
+    if outside:
+        raise _KeyError(
+            "serving.preferred_batch",
+            f"has {outside[0]}, outside the batch range {batch.min}..{batch.max}",
+        )
+    return ServingSettings(
+        tuple(sorted(set(preferred))),
+        values.get("max_queue_delay_us", _DEFAULT_QUEUE_DELAY_US),
+        values.get("instances", 1),
+    )
+
+
 _ALL = frozenset(BACKENDS)
 _TRT = frozenset({"tensorrt"})
 _ORT = frozenset({"onnxruntime"})
@@ -157,6 +218,7 @@ _KEYS: dict[str, tuple[Check, frozenset[str], Any]] = {
     "providers": (_strings, _ORT, ("CPUExecutionProvider",)),
     "threads": (_integer(1, 1024, optional=True), _ORT | _OV, None),
     "device": (_choice(("CPU", "GPU", "NPU")), _OV, "CPU"),
+    "serving": (_serving, _ALL, None),
 }
 
 
@@ -199,6 +261,7 @@ def parse_device_profile(data: Any, name: str, source: str) -> DeviceProfile:
         if values["precision"] not in _BACKEND_PRECISIONS[backend]:
             fits = ", ".join(_BACKEND_PRECISIONS[backend])
             raise _KeyError("precision", f"must be one of {fits} for backend {backend}")
+        values["serving"] = _serving_settings(values["serving"] or {}, values["batch"])
     except _KeyError as exc:
         raise UsageError(f"device profile {source}: {exc}") from None
     return DeviceProfile(name=name, source=source, **values)

@@ -7,6 +7,7 @@ PIL images, so the result matches timm's transform up to float rounding.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from trimformer.errors import UsageError
 
-__all__ = ["load_image"]
+__all__ = ["decode_image", "load_image"]
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -31,15 +32,25 @@ _DEFAULT_CROP_PCT = 0.875
 
 
 def load_image(path: str | Path, preprocess: Mapping[str, Any]) -> np.ndarray:
-    """Read an image and return the float32 [C, H, W] array the model expects.
+    """Read an image file and return the float32 [C, H, W] array the model expects (see
+    ``_prepare``)."""
+    return _prepare(Path(path), preprocess)
 
-    Resize (shorter side to H / crop_pct for crop_mode "center"), center-crop to H x W, scale to
+
+def decode_image(data: bytes, preprocess: Mapping[str, Any]) -> np.ndarray:
+    """Decode an encoded image (JPEG, PNG, ... bytes, as a client sends it to a server) and
+    return the float32 [C, H, W] array the model expects, exactly as ``load_image`` would."""
+    return _prepare(io.BytesIO(data), preprocess)
+
+
+def _prepare(source: Path | io.BytesIO, preprocess: Mapping[str, Any]) -> np.ndarray:
+    """Resize (shorter side to H / crop_pct for crop_mode "center"), center-crop to H x W, scale to
     [0, 1] and normalise by mean and std. Channels come from input_size: 3 is RGB, 1 grayscale.
     """
     channels, height, width = (int(v) for v in preprocess["input_size"])
     if channels not in (1, 3):
         raise UsageError(f"preprocess input_size {preprocess['input_size']} needs 1 or 3 channels")
-    image = _read(Path(path), "L" if channels == 1 else "RGB")
+    image = _read(source, "L" if channels == 1 else "RGB")
     crop_pct = preprocess.get("crop_pct") or _DEFAULT_CROP_PCT
     mode = preprocess.get("crop_mode") or "center"
     resample = _resample(preprocess.get("interpolation", "bilinear"))
@@ -64,12 +75,13 @@ def load_image(path: str | Path, preprocess: Mapping[str, Any]) -> np.ndarray:
     return np.ascontiguousarray((pixels.transpose(2, 0, 1) - mean) / std, dtype=np.float32)
 
 
-def _read(path: Path, mode: str) -> Image.Image:
+def _read(source: Path | io.BytesIO, mode: str) -> Image.Image:
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             return image.convert(mode)
-    except (OSError, UnidentifiedImageError, ValueError):
-        raise UsageError(f"{path} is not an image PIL can read; pass a JPEG/PNG/...") from None
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        what = source if isinstance(source, Path) else "the data"
+        raise UsageError(f"{what} is not an image PIL can read; pass a JPEG/PNG/...") from None
 
 
 def _per_channel(preprocess: Mapping[str, Any], key: str, channels: int) -> np.ndarray:
