@@ -26,7 +26,7 @@ def test_manifest_records_the_reduction(tome_bundle: Path):
     reduction = manifest["reduction"]
     assert reduction["method"] == "tome" and reduction["params"]["r"] == 4
     assert reduction["tokens_per_layer"] == [33, 29, 25, 21, 17, 13, 9, 5, 3, 2, 2, 2]
-    assert manifest["ops"] == {"BipartiteMerge": 1}
+    assert manifest["ops"] == {"BipartiteMerge": 2}
     assert manifest["graphs"]["model"]["flops"] < manifest["graphs"]["full"]["flops"]
     errors = manifest["verify"]["max_abs_error"]
     assert set(errors) == {"model", "full"} and max(errors.values()) <= 1e-4

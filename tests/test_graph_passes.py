@@ -422,7 +422,7 @@ def test_lint_report_says_what_runs_where(model):
         (None, None, "plugin NoSuchOp is not a registered op"),
         ("r", -1, "r=-1 is below its minimum"),
         ("r", 9, "r=9 exceeds the maximum 8"),
-        ("plugin_version", "2", "plugin_version '2', but BipartiteMerge is version 1"),
+        ("plugin_version", "1", "plugin_version '1', but BipartiteMerge is version 2"),
         ("plugin_namespace", "other", "plugin_namespace 'other'"),
         ("input", None, "2 inputs and 2 outputs, but BipartiteMerge takes 3 (x, metric, size)"),
     ],

@@ -383,7 +383,7 @@ def test_the_plugin_library_loads_once_and_a_failed_load_is_named(tmp_path: Path
     load_plugin_library(loaded, library)  # its creators are registered: no second load
     assert not any(key == "loaded.load_library()" for key, _ in log)
     creator = next(args for key, args in log if key == "loaded.get_creator()")
-    assert creator == ("BipartiteMerge", "1", "trimformer")
+    assert creator == ("BipartiteMerge", "2", "trimformer")
     with pytest.raises(RuntimeFailure, match=r"could not load the plugin library .* rebuild it"):
         load_plugin_library(fake_registry(log, loads=False), library)
 
