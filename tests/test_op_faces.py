@@ -20,7 +20,14 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 from tome_reference import tome_merge
 
-from trimformer.ops import MAX_OPSET, MIN_OPSET, OpValidationError, get_op, registered_ops
+from trimformer.ops import (
+    MAX_OPSET,
+    MIN_OPSET,
+    OpValidationError,
+    domain_version,
+    get_op,
+    registered_ops,
+)
 
 ATOL = 1e-5
 SIZE_RTOL = 1e-6  # a merged size is an fp32 sum of up to ~100 positive terms: relative error
@@ -156,7 +163,10 @@ def op_model(name: str, attrs: dict, input_dims: dict[str, list], opset: int = O
     )
     return helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("trimformer", 1)],
+        opset_imports=[
+            helper.make_opsetid("", opset),
+            helper.make_opsetid("trimformer", domain_version()),
+        ],
         functions=[spec.onnx_function(opset)],
         ir_version=10,
     )
