@@ -14,12 +14,11 @@ L2-normalised metric (norm clamped at 1e-12); a protected token keeps its parity
 its A row is -inf (never a source), its B column -inf (never a destination). N - protected >= 2,
 and r <= (N - protected) // 2. Each A token's best B is the first maximum of its row; A tokens are
 ranked by that best score, descending, ties broken by the lower A index, and the first r ranked A
-tokens merge into their best B, ToMe's size-weighted average: a B token becomes
-sum(x·size)/sum(size) over itself and everything merged into it, its size the sum (computed as ToMe
-does, x·size summed then divided by the size for every token, so an unmerged token's x comes back
-up to that rounding). Output layout: the protected tokens in their original order, the unmerged
-unprotected A tokens ascending, then the unprotected B tokens in order; r = 0 therefore regroups A
-before B. With no protected token (SigLIP) this is the plain parity split.
+tokens merge into their best B, ToMe's size-weighted average: a B token becomes sum(x·size) /
+sum(size) over itself and everything merged into it, its size the sum; every other token passes
+through unchanged. Output layout: the protected tokens in their original order, the unmerged
+unprotected A tokens ascending, then the unprotected B tokens in order; r = 0 therefore regroups
+A before B. With no protected token (SigLIP) this is the plain parity split.
 
 Equivalently, since a masked row ranks last and a masked column is never a row's maximum, the
 matching runs on the unprotected tokens alone with A starting at the first even index >= protected
@@ -95,15 +94,17 @@ def bipartite_merge(
     best, best_idx = (unit[:, a0::2] @ unit[:, b0::2].transpose(1, 2)).max(dim=-1)  # first max
     order = torch.sort(best, dim=-1, descending=True, stable=True).indices
     src_idx, unm_idx = order[:, :r], torch.sort(order[:, r:], dim=-1).values
-    dst_idx = torch.gather(best_idx, 1, src_idx)
-    # ToMe's weighted average: [size, x·size] summed into B, then divided by the size.
-    w = torch.cat([size, x * size], dim=-1)
-    wa, wb = w[:, a0::2], w[:, b0::2]
-    merged = wb.scatter_add(
-        1, dst_idx.unsqueeze(-1).expand(-1, -1, w.shape[-1]), gather_rows(wa, src_idx)
+    dst_idx = torch.gather(best_idx, 1, src_idx).unsqueeze(-1)
+    xa, xb = x[:, a0::2], x[:, b0::2]
+    sa, sb = size[:, a0::2], size[:, b0::2]
+    src_s = gather_rows(sa, src_idx)
+    merged_s = sb.scatter_add(1, dst_idx, src_s)
+    merged_x = (xb * sb).scatter_add(
+        1, dst_idx.expand(-1, -1, x.shape[-1]), gather_rows(xa, src_idx) * src_s
     )
-    out = torch.cat([w[:, :protected], gather_rows(wa, unm_idx), merged], dim=1)
-    return out[..., 1:] / out[..., :1], out[..., :1].contiguous()
+    x_out = torch.cat([x[:, :protected], gather_rows(xa, unm_idx), merged_x / merged_s], dim=1)
+    s_out = torch.cat([size[:, :protected], gather_rows(sa, unm_idx), merged_s], dim=1)
+    return x_out, s_out
 
 
 @bipartite_merge.register_fake
@@ -117,12 +118,11 @@ _domain = Opset(DOMAIN, 2)
 
 @script(_domain, default_opset=op)
 def _bipartite_merge_fn(x: FLOAT, metric: FLOAT, size: FLOAT, r: int, protected: int):
-    # Written for few nodes: at batch 1 a merge's cost is mostly per-node overhead. The
-    # attribute arithmetic below (a0, b0, r) is constant-folded by runtimes.
+    # Written for few nodes and few passes over the tokens: at batch 1 a merge's cost is per-node
+    # overhead and copies. The attribute arithmetic (a0, b0, r) is constant-folded by runtimes.
     zero = op.Constant(value_ints=[0])
     one = op.Constant(value_ints=[1])
-    two = op.Constant(value_ints=[2])
-    last = op.Constant(value_ints=[-1])
+    two = op.Constant(value_ints=[2])  # also the last axis of every [B,N,*] tensor
     end = op.Constant(value_ints=[9223372036854775807])
     p = op.Reshape(op.Constant(value_int=protected), one)
     odd = op.Mod(p, two)
@@ -131,35 +131,43 @@ def _bipartite_merge_fn(x: FLOAT, metric: FLOAT, size: FLOAT, r: int, protected:
     rr = op.Reshape(op.Constant(value_int=r), one)
 
     unit = op.Div(
-        metric, op.Max(op.ReduceL2(metric, last, keepdims=1), op.Constant(value_float=1e-12))
+        metric, op.Max(op.ReduceL2(metric, two, keepdims=1), op.Constant(value_float=1e-12))
     )
     scores = op.MatMul(
         op.Slice(unit, a0, end, one, two),
         op.Transpose(op.Slice(unit, b0, end, one, two), perm=[0, 2, 1]),
     )
-    # [B,NA,1] each A token's best score and its first maximum; [B,*,1] indices feed GatherND.
+    # [B,NA,1] each A token's best score and first maximum; [B,*,1] indices feed GatherND.
     best, best_idx = op.TopK(scores, one, axis=-1, largest=1, sorted=1)
     n_a = op.Shape(best, start=1, end=2)
     _, order = op.TopK(best, n_a, axis=1, largest=1, sorted=1)
-    src_rows = op.Slice(order, zero, rr, one)
-    unm_rows, _ = op.TopK(op.Slice(order, rr, end, one), op.Sub(n_a, rr), axis=1, largest=0)
-    dst_idx = op.Squeeze(op.GatherElements(best_idx, src_rows, axis=1), last)
+    dst_idx = op.Squeeze(op.GatherElements(best_idx, op.Slice(order, zero, rr, one), axis=1), two)
+    # The ranked A tokens as token indices of x, so rows are gathered from x itself (no copy
+    # of set A): the first r merge, the rest stay, in ascending order.
+    placed = op.Add(op.Mul(order, two), a0)
+    src_rows = op.Slice(placed, zero, rr, one)
+    unm_rows, _ = op.TopK(op.Slice(placed, rr, end, one), op.Sub(n_a, rr), axis=1, largest=0)
 
-    # ToMe's weighted average on [size, x·size]: merged into B, then divided by the size.
-    w = op.Concat(size, op.Mul(x, size), axis=-1)
-    wa = op.Slice(w, a0, end, one, two)
-    wb = op.Slice(w, b0, end, one, two)
+    sb = op.Slice(size, b0, end, one, two)
     # One-hot [B,NB,r] assignment of merged A tokens to their B tokens: a MatMul instead of
     # ScatterElements(reduction=add), which TensorRT runs as a slow, atomic plugin.
     assign = op.OneHot(
-        dst_idx, op.Shape(wb, start=1, end=2), op.Constant(value_floats=[0.0, 1.0]), axis=1
+        dst_idx, op.Shape(sb, start=1, end=2), op.Constant(value_floats=[0.0, 1.0]), axis=1
     )
-    merged = op.Add(wb, op.MatMul(assign, op.GatherND(wa, src_rows, batch_dims=1)))
-    out = op.Concat(
-        op.Slice(w, zero, p, one), op.GatherND(wa, unm_rows, batch_dims=1), merged, axis=1
+    src_s = op.GatherND(size, src_rows, batch_dims=1)
+    merged_s = op.Add(sb, op.MatMul(assign, src_s))
+    # sum(x·size)/sum(size), the division applied to the small weights, not to the tokens
+    src_x = op.Mul(op.GatherND(x, src_rows, batch_dims=1), src_s)
+    merged_x = op.Add(
+        op.Mul(op.Slice(x, b0, end, one, two), op.Div(sb, merged_s)),
+        op.MatMul(op.Div(assign, merged_s), src_x),
     )
-    s_out = op.Slice(out, zero, one, last)
-    x_out = op.Div(op.Slice(out, one, end, last), s_out)
+    x_out = op.Concat(
+        op.Slice(x, zero, p, one), op.GatherND(x, unm_rows, batch_dims=1), merged_x, axis=1
+    )
+    s_out = op.Concat(
+        op.Slice(size, zero, p, one), op.GatherND(size, unm_rows, batch_dims=1), merged_s, axis=1
+    )
     return x_out, s_out
 
 
