@@ -67,7 +67,10 @@ def test_protected_tokens_are_masked_even_when_they_match_best(protected):
 
 @pytest.mark.parametrize("kind", ["vit", "distilled", "registers"])
 def test_tome_export_equals_the_reference_model(kind):
-    # Tiny timm ViTs: 64 patches + CLS (+ distillation or 4 registers), three ToMe layers.
+    # Tiny timm ViTs: 64 patches + CLS (+ distillation or 4 registers), three ToMe layers,
+    # compared on the pooled features (no head). Version 1's split was off by 4e-2 to 7e-2
+    # here for the CLS-only and register models.
+    model = tiny_vit(kind)
+    model.reset_classifier(0)
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    error = export_vs_reference(tiny_vit(kind), [12, 8, 6], images)
-    assert error <= ATOL
+    assert export_vs_reference(model, [12, 8, 6], images) <= ATOL

@@ -10,7 +10,8 @@ first r merge into their best B by size-weighted average. Output: the protected 
 original order, the unmerged unprotected A tokens ascending, then the unprotected B tokens.
 
 Run as a script to compare ToMe exports of timm models (random weights) against a torch model
-whose every merge is this reference:
+whose every merge is this reference, on the logits and on the pooled features (the model without
+its head: a random head makes the logits nearly blind to which tokens merged, the features not):
 
     python tests/tome_reference.py deit_tiny_patch16_224 deit_small_patch16_224 \\
         deit_small_distilled_patch16_224 [--r 13] [--batch 2]
@@ -152,11 +153,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     args = parser.parse_args()
     for model_id in args.models:
-        loaded = load_model(model_id)
-        shape = (args.batch, *loaded.preprocess["input_size"])
-        images = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-        error = export_vs_reference(loaded.model, args.r, images)
-        print(f"{model_id} ToMe r={args.r} batch {args.batch}: max abs error {error:.3g}")
+        errors = {}
+        for output in ("logits", "pooled features"):
+            loaded = load_model(model_id)
+            if output != "logits":
+                loaded.model.reset_classifier(0)
+            shape = (args.batch, *loaded.preprocess["input_size"])
+            images = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+            errors[output] = export_vs_reference(loaded.model, args.r, images)
+        print(
+            f"{model_id} ToMe r={args.r} batch {args.batch}, max abs error: "
+            + ", ".join(f"{output} {error:.3g}" for output, error in errors.items())
+        )
 
 
 if __name__ == "__main__":
