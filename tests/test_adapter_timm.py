@@ -88,7 +88,7 @@ def test_exported_graph_matches_eager_fused_model(kind):
     with adapter.export_patches(model):
         graph, ops = export_onnx(model, GraphIO.image(x), 20)
     assert all(b.attn.fused_attn for b in model.blocks), "export patches must be undone"
-    assert ops == {"BipartiteMerge": 1}
+    assert ops == {"BipartiteMerge": 2}
     calls = [n for n in graph.graph.node if n.domain == "trimformer"]
     assert [a.i for n in calls for a in n.attribute if a.name == "r"] == [6, 4, 2]
     assert [f.name for f in graph.functions] == ["BipartiteMerge"]

@@ -33,7 +33,7 @@ from trimformer.graph_passes.reference import (
     references,
     run_reference,
 )
-from trimformer.ops import DOMAIN, get_op, registered_ops
+from trimformer.ops import DOMAIN, domain_version, get_op, registered_ops
 
 OPSET = 20
 TOKENS, CHANNELS, CLASSES, R, PROTECTED = 17, 16, 5, 4, 1
@@ -94,7 +94,10 @@ def make_model() -> onnx.ModelProto:
     )
     return helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)],
+        opset_imports=[
+            helper.make_opsetid("", OPSET),
+            helper.make_opsetid(DOMAIN, domain_version()),
+        ],
         functions=[BIPARTITE_MERGE.onnx_function(OPSET)],
         ir_version=10,
     )
@@ -269,7 +272,10 @@ def call_model(op_name: str, arrays: list[np.ndarray], attrs: dict) -> onnx.Mode
     )
     return helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)],
+        opset_imports=[
+            helper.make_opsetid("", OPSET),
+            helper.make_opsetid(DOMAIN, domain_version()),
+        ],
         functions=[spec.onnx_function(OPSET)],
         ir_version=10,
     )
@@ -329,7 +335,7 @@ def test_to_plugins_inside_a_local_function(feeds):
         ["a", "s"],
         ["z", "ys"],
         body,
-        [helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)],
+        [helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, domain_version())],
     )
     graph = helper.make_graph(
         [helper.make_node("Block", ["x", "size"], ["out", "size_out"], domain="custom")],
@@ -347,7 +353,7 @@ def test_to_plugins_inside_a_local_function(feeds):
         graph,
         opset_imports=[
             helper.make_opsetid("", OPSET),
-            helper.make_opsetid(DOMAIN, 1),
+            helper.make_opsetid(DOMAIN, domain_version()),
             helper.make_opsetid("custom", 1),
         ],
         functions=[BIPARTITE_MERGE.onnx_function(OPSET), block],
@@ -422,7 +428,7 @@ def test_lint_report_says_what_runs_where(model):
         (None, None, "plugin NoSuchOp is not a registered op"),
         ("r", -1, "r=-1 is below its minimum"),
         ("r", 9, "r=9 exceeds the maximum 8"),
-        ("plugin_version", "2", "plugin_version '2', but BipartiteMerge is version 1"),
+        ("plugin_version", "1", "plugin_version '1', but BipartiteMerge is version 2"),
         ("plugin_namespace", "other", "plugin_namespace 'other'"),
         ("input", None, "2 inputs and 2 outputs, but BipartiteMerge takes 3 (x, metric, size)"),
     ],

@@ -44,6 +44,7 @@ def test_matrix_names_registered_ops_with_complete_plugin_folders():
             assert (folder / pattern.format(op=entry["folder"])).is_file(), (op_name, pattern)
         source = (folder / f"{entry['folder']}_plugin.h").read_text()
         assert f'kNAME = "{get_op(op_name).trt_plugin_name}"' in source
+        assert f'kVERSION = "{get_op(op_name).version}"' in source
     assert {case.op for case in MATRIX} == set(config)
     # to-plugins emits a plugin node for every registered op: each needs its C++ plugin.
     assert set(config) == set(registered_ops()), "add the op's plugin to plugins/config.yaml"

@@ -17,6 +17,7 @@ from trt_helpers import make_bundle, profile
 from trimformer.bundle import read_manifest
 from trimformer.errors import UsageError
 from trimformer.graph_passes.base import PLUGIN_DOMAIN
+from trimformer.ops import get_op
 from trimformer.profiles.device_profiles import BatchRange
 from trimformer.runtime import trt_build, trt_env
 from trimformer.runtime.session import TensorSpec
@@ -345,6 +346,28 @@ def test_build_engine_runs_passes_builds_and_records(built, monkeypatch, version
     assert [r.name for r in result.passes] == list(record["settings"]["onnx_passes"])
 
 
+def test_python_plugin_builds_label_plugin_nodes_with_tensorrt_s_qdp_version(built, monkeypatch):
+    # TensorRT registers every Python plugin at version "1"; the library's carry the op's own.
+    bundle, library = built
+    log: list = []
+    monkeypatch.setattr(trt_env, "import_tensorrt", lambda: fake_tensorrt(log, "10.9.0.34"))
+    build_engine(bundle, profile("desktop-rtx"), plugin_library=library)
+    parsed = [value for key, value in log if key == "parse"]
+
+    def no_library(explicit: Any = None) -> Any:
+        raise UsageError("libtrimformer_plugins.so not found")
+
+    monkeypatch.setattr(trt_env, "find_plugin_library", no_library)
+    monkeypatch.setattr(trt_build, "_python_plugins", lambda *_: trt_build.PluginChoice("qdp"))
+    build_engine(bundle, profile("desktop-rtx"))
+    parsed += [value for key, value in log if key == "parse"][1:]
+    versions = [
+        [a.s.decode() for n in model.graph.node for a in n.attribute if a.name == "plugin_version"]
+        for model in parsed
+    ]
+    assert versions == [[str(get_op("BipartiteMerge").version)], ["1"]]
+
+
 def test_build_engine_reports_parser_errors_and_missing_plugins(built, monkeypatch):
     bundle, library = built
     log: list = []
@@ -383,7 +406,7 @@ def test_the_plugin_library_loads_once_and_a_failed_load_is_named(tmp_path: Path
     load_plugin_library(loaded, library)  # its creators are registered: no second load
     assert not any(key == "loaded.load_library()" for key, _ in log)
     creator = next(args for key, args in log if key == "loaded.get_creator()")
-    assert creator == ("BipartiteMerge", "1", "trimformer")
+    assert creator == ("BipartiteMerge", "2", "trimformer")
     with pytest.raises(RuntimeFailure, match=r"could not load the plugin library .* rebuild it"):
         load_plugin_library(fake_registry(log, loads=False), library)
 

@@ -296,7 +296,7 @@ def _plugin_graph(tokens: int, channels: int) -> Any:
         ["x_out", "size_out"],
         name="merge0",
         domain=PLUGIN_DOMAIN,
-        plugin_version="1",
+        plugin_version=str(MERGE.version),
         plugin_namespace=PLUGIN_NAMESPACE,
         r=tokens // 5,
         protected=1,

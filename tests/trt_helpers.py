@@ -9,7 +9,7 @@ from typing import Any
 from onnx import TensorProto, helper
 
 from trimformer.bundle import write_bundle
-from trimformer.ops import DOMAIN, get_op
+from trimformer.ops import DOMAIN, domain_version, get_op
 from trimformer.profiles.device_profiles import DeviceProfile, load_device_profile
 
 __all__ = ["BANK", "CHANNELS", "TOKENS", "make_bank_bundle", "make_bundle", "profile"]
@@ -52,7 +52,7 @@ def make_bundle(dest: Path, bank: bool = False) -> Path:
     )
     model = helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, 1)],
+        opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, domain_version())],
         functions=[spec.onnx_function(18)],
         ir_version=10,
     )

@@ -32,10 +32,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from trimformer.errors import UsageError
-from trimformer.graph_passes.base import PLUGIN_NAMESPACE, plugin_specs
+from trimformer.graph_passes.base import (
+    PLUGIN_DOMAIN,
+    PLUGIN_NAMESPACE,
+    iter_node_scopes,
+    plugin_specs,
+)
 from trimformer.ops import OpSpec, OpValidationError
 
 __all__ = [
+    "QDP_PLUGIN_VERSION",
     "AotKernel",
     "QdpShapeError",
     "aot_blocker",
@@ -46,6 +52,7 @@ __all__ = [
     "impl_signature",
     "output_dims",
     "output_token_count",
+    "qdp_graph",
     "qdp_id",
     "register_qdp_plugins",
 ]
@@ -59,9 +66,39 @@ class QdpShapeError(UsageError):
     """A QDP plugin cannot describe its outputs for these input shapes."""
 
 
+QDP_PLUGIN_VERSION = "1"
+"""The version ``tensorrt.plugin`` registers every Python plugin at (TensorRT fixes it)."""
+
+
 def qdp_id(spec: OpSpec) -> str:
     """The plugin id ``tensorrt.plugin`` registers: ``trimformer::<plugin name>``."""
     return f"{PLUGIN_NAMESPACE}::{spec.trt_plugin_name}"
+
+
+def qdp_graph(model: Any) -> Any:
+    """A copy of a ``to-plugins`` graph whose plugin nodes carry the Python form's version.
+
+    TensorRT's ONNX parser finds a plugin node's creator by name, ``plugin_version`` and
+    namespace, and registers every Python plugin at version "1". The Python form is generated
+    from this registry (the torch faces, the Triton kernels), so it implements each op's current
+    version, which is what to-plugins writes (it refuses calls of older versions): only the
+    label changes, never the semantics.
+    """
+    import onnx
+    from onnx import helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for nodes, _ in iter_node_scopes(out):
+        for node in nodes:
+            if node.domain != PLUGIN_DOMAIN:
+                continue
+            kept = [a for a in node.attribute if a.name != "plugin_version"]
+            del node.attribute[:]
+            node.attribute.extend(
+                [helper.make_attribute("plugin_version", QDP_PLUGIN_VERSION), *kept]
+            )
+    return out
 
 
 def output_token_count(spec: OpSpec, n_tokens: int | None, attrs: Mapping[str, Any]) -> int:

@@ -23,15 +23,28 @@ struct BipartiteMergeParams
 //! Largest token count one block handles (its scratch lives in shared memory).
 constexpr int32_t kBipartiteMergeMaxTokens = 2048;
 
-//! Unprotected tokens in set A (even offsets) and B (odd offsets).
+//! ToMe's split: A = tokens at even indices of the whole sequence, B = odd ones; protected
+//! tokens are never matched. Counted among the unprotected tokens (0-based after them), A starts
+//! at offset `bipartiteMergeOffsetA` and B at `bipartiteMergeOffsetB`, every second token.
+TRIMFORMER_HD constexpr int32_t bipartiteMergeOffsetA(BipartiteMergeParams const& p)
+{
+    return p.protectedTokens % 2;
+}
+
+TRIMFORMER_HD constexpr int32_t bipartiteMergeOffsetB(BipartiteMergeParams const& p)
+{
+    return 1 - p.protectedTokens % 2;
+}
+
+//! Unprotected tokens in set A and in set B.
 TRIMFORMER_HD constexpr int32_t bipartiteMergeSizeA(BipartiteMergeParams const& p)
 {
-    return (p.tokens - p.protectedTokens + 1) / 2;
+    return (p.tokens - p.protectedTokens - bipartiteMergeOffsetA(p) + 1) / 2;
 }
 
 TRIMFORMER_HD constexpr int32_t bipartiteMergeSizeB(BipartiteMergeParams const& p)
 {
-    return (p.tokens - p.protectedTokens) / 2;
+    return (p.tokens - p.protectedTokens - bipartiteMergeOffsetB(p) + 1) / 2;
 }
 
 //! Output tokens: N - r.
@@ -59,7 +72,7 @@ inline char const* bipartiteMergeCheck(BipartiteMergeParams const& p)
     {
         return "BipartiteMerge: more than 2048 tokens";
     }
-    if (p.r > bipartiteMergeSizeB(p) || p.r > bipartiteMergeSizeA(p))
+    if (p.r > (p.tokens - p.protectedTokens) / 2) // never more than NA or NB
     {
         return "BipartiteMerge: r exceeds (N - protected) / 2";
     }

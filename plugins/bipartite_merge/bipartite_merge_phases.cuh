@@ -79,7 +79,12 @@ TRIMFORMER_HD void bipartiteMergePhase(int32_t phase, Lanes lanes, BipartiteMerg
     int32_t const nb = bipartiteMergeSizeB(p);
     int32_t const cm = p.metricChannels;
     int32_t const c = p.channels;
-    // Unprotected token t (0-based after the protected ones); A token i is t = 2i, B token j is 2j+1.
+    // Unprotected token t (0-based after the protected ones): A token i is t = 2i + oa, B token j
+    // is t = 2j + ob, so A holds the even indices of the whole sequence and B the odd ones.
+    int32_t const oa = bipartiteMergeOffsetA(p);
+    int32_t const ob = bipartiteMergeOffsetB(p);
+    auto aToken = [&](int32_t i) { return 2 * i + oa; };
+    auto bToken = [&](int32_t j) { return 2 * j + ob; };
     auto metricRow = [&](int32_t t) { return item.metric + static_cast<int64_t>(pr + t) * cm; };
     auto xRow = [&](int32_t t) { return item.x + static_cast<int64_t>(pr + t) * c; };
     auto sizeOf = [&](int32_t t) { return toFloat(item.size[pr + t]); };
@@ -102,18 +107,18 @@ TRIMFORMER_HD void bipartiteMergePhase(int32_t phase, Lanes lanes, BipartiteMerg
     {
         for (int32_t i = lanes.id; i < na; i += lanes.count)
         {
-            T const* a = metricRow(2 * i);
+            T const* a = metricRow(aToken(i));
             float best = 0.f;
             int32_t bestJ = 0;
             for (int32_t j = 0; j < nb; ++j)
             {
-                T const* bRow = metricRow(2 * j + 1);
+                T const* bRow = metricRow(bToken(j));
                 float dot = 0.f;
                 for (int32_t k = 0; k < cm; ++k)
                 {
                     dot += toFloat(a[k]) * toFloat(bRow[k]);
                 }
-                float const score = dot * s.invNorm[2 * i] * s.invNorm[2 * j + 1];
+                float const score = dot * s.invNorm[aToken(i)] * s.invNorm[bToken(j)];
                 if (j == 0 || score > best)
                 {
                     best = score;
@@ -169,20 +174,20 @@ TRIMFORMER_HD void bipartiteMergePhase(int32_t phase, Lanes lanes, BipartiteMerg
             }
             else if (row < pr + keptRows)
             {
-                value = toFloat(xRow(2 * s.keptA[row - pr])[ch]);
+                value = toFloat(xRow(aToken(s.keptA[row - pr]))[ch]);
             }
             else
             {
                 int32_t const j = row - pr - keptRows;
-                float const sb = sizeOf(2 * j + 1);
-                float acc = toFloat(xRow(2 * j + 1)[ch]) * sb;
+                float const sb = sizeOf(bToken(j));
+                float acc = toFloat(xRow(bToken(j))[ch]) * sb;
                 float weight = sb;
                 for (int32_t i = 0; i < na; ++i)
                 {
                     if (s.dst[i] == j)
                     {
-                        float const sa = sizeOf(2 * i);
-                        acc += toFloat(xRow(2 * i)[ch]) * sa;
+                        float const sa = sizeOf(aToken(i));
+                        acc += toFloat(xRow(aToken(i))[ch]) * sa;
                         weight += sa;
                     }
                 }
@@ -199,15 +204,15 @@ TRIMFORMER_HD void bipartiteMergePhase(int32_t phase, Lanes lanes, BipartiteMerg
             }
             else if (row < pr + keptRows)
             {
-                value = sizeOf(2 * s.keptA[row - pr]);
+                value = sizeOf(aToken(s.keptA[row - pr]));
             }
             else
             {
                 int32_t const j = row - pr - keptRows;
-                value = sizeOf(2 * j + 1);
+                value = sizeOf(bToken(j));
                 for (int32_t i = 0; i < na; ++i)
                 {
-                    value += s.dst[i] == j ? sizeOf(2 * i) : 0.f;
+                    value += s.dst[i] == j ? sizeOf(aToken(i)) : 0.f;
                 }
             }
             item.sizeOut[row] = fromFloat<T>(value);

@@ -1,4 +1,4 @@
-// The BipartiteMerge TensorRT plugin (IPluginV3): name "BipartiteMerge", version "1",
+// The BipartiteMerge TensorRT plugin (IPluginV3): name "BipartiteMerge", version "2",
 // namespace "trimformer", attributes r and protected. See README.md.
 #pragma once
 
@@ -14,6 +14,7 @@ namespace plugin
 struct BipartiteMergeOp
 {
     static constexpr char const* kNAME = "BipartiteMerge";
+    static constexpr char const* kVERSION = "2";
 
     // Tensor indices.
     static constexpr int32_t kX = 0;

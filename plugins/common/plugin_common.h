@@ -16,7 +16,6 @@ namespace plugin
 {
 
 constexpr char const* kPLUGIN_NAMESPACE = "trimformer";
-constexpr char const* kPLUGIN_VERSION = "1";
 
 //! Log an error through the logger TensorRT handed to setLoggerFinder (stderr before that).
 void logError(char const* plugin, char const* where, char const* what) noexcept;

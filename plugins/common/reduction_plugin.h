@@ -44,6 +44,7 @@ R guarded(char const* where, R onError, Body&& body) noexcept
 /*!
  * Op traits required by ReductionPlugin:
  *   kNAME                                      plugin name (= the op's name in the registry)
+ *   kVERSION                                   plugin version (= the op's version there)
  *   kX, kSECOND, kSIZE, kX_OUT, kSIZE_OUT      tensor indices; kSECOND_RANK the second input's rank
  *   Params                                     the kernel's parameter struct
  *   fields()                                   the attributes, in order
@@ -106,7 +107,7 @@ public:
 
     char const* getPluginVersion() const noexcept override
     {
-        return guarded<Op>("getPluginVersion", static_cast<char const*>(nullptr), [] { return kPLUGIN_VERSION; });
+        return guarded<Op>("getPluginVersion", static_cast<char const*>(nullptr), [] { return Op::kVERSION; });
     }
 
     char const* getPluginNamespace() const noexcept override
@@ -278,7 +279,7 @@ public:
 
     char const* getPluginVersion() const noexcept override
     {
-        return guarded<Op>("getPluginVersion", static_cast<char const*>(nullptr), [] { return kPLUGIN_VERSION; });
+        return guarded<Op>("getPluginVersion", static_cast<char const*>(nullptr), [] { return Op::kVERSION; });
     }
 
     char const* getPluginNamespace() const noexcept override

@@ -14,6 +14,7 @@ namespace plugin
 struct DiverseSelectOp
 {
     static constexpr char const* kNAME = "DiverseSelect";
+    static constexpr char const* kVERSION = "1";
 
     // Tensor indices.
     static constexpr int32_t kX = 0;

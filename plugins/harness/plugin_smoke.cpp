@@ -77,7 +77,7 @@ void bipartiteMerge()
     {
         return;
     }
-    check(std::strcmp(creator->getPluginVersion(), "1") == 0, "version 1");
+    check(std::strcmp(creator->getPluginVersion(), "2") == 0, "version 2");
     check(std::strcmp(creator->getPluginNamespace(), "trimformer") == 0, "namespace trimformer");
     PluginFieldCollection const* names = creator->getFieldNames();
     check(names->nbFields == 2 && std::strcmp(names->fields[0].name, "r") == 0, "fields r, protected");

@@ -14,6 +14,7 @@ namespace plugin
 struct TopKSelectOp
 {
     static constexpr char const* kNAME = "TopKSelect";
+    static constexpr char const* kVERSION = "1";
 
     // Tensor indices.
     static constexpr int32_t kX = 0;

@@ -17,7 +17,7 @@ import onnx
 from onnx import defs
 from onnxscript.values import Opset
 
-from trimformer.ops import DOMAIN, OpSpec, get_op, registered_ops
+from trimformer.ops import DOMAIN, OpSpec, domain_version, get_op, registered_ops
 
 __all__ = ["attach_functions", "translation_table"]
 
@@ -74,7 +74,7 @@ def _schema(spec: OpSpec) -> defs.OpSchema:
 
 def _translation(spec: OpSpec) -> Callable[..., Any]:
     """A translation with the op's own signature, emitting a bare ``trimformer`` node."""
-    opset = Opset(spec.domain, spec.version)
+    opset = Opset(spec.domain, domain_version())
     input_names = spec.inputs
     attr_names = tuple(a.name for a in spec.attributes)
 
@@ -117,5 +117,5 @@ def attach_functions(model: onnx.ModelProto) -> dict[str, int]:
         if name not in present:
             model.functions.append(spec.onnx_function(opset))
     if used and not any(o.domain == DOMAIN for o in model.opset_import):
-        model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
+        model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, domain_version()))
     return versions

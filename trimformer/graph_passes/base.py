@@ -37,6 +37,7 @@ __all__ = [
     "get_pass",
     "import_graphsurgeon",
     "iter_node_scopes",
+    "older_call",
     "over_token_cap",
     "plugin_specs",
     "register_pass",
@@ -195,6 +196,22 @@ def attribute_values(node: onnx.NodeProto) -> dict[str, Any]:
         value = helper.get_attribute_value(attr)
         values[attr.name] = value.decode() if isinstance(value, bytes) else value
     return values
+
+
+def older_call(node: onnx.NodeProto, opset_import: Any) -> str | None:
+    """Why a trimformer call is not its op's current version, else None: the scope it resolves
+    in imports our domain below the op's version, so it was exported before the op's semantics
+    changed. Such a call still runs from the function body it carries (ONNX Runtime, OpenVINO),
+    but no plugin or reference implements it."""
+    spec = registered_ops().get(node.op_type)
+    imported = next((entry.version for entry in opset_import if entry.domain == DOMAIN), None)
+    if spec is None or imported is None or imported >= spec.version:
+        return None
+    return (
+        f"{node.op_type} is the one of trimformer opset {imported}, older than the version "
+        f"{spec.version} the plugins implement; re-export the model with this trimformer (as it "
+        "is, it runs only from its function body, e.g. in ONNX Runtime)"
+    )
 
 
 def plugin_specs() -> dict[str, OpSpec]:

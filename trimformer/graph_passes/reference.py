@@ -6,7 +6,9 @@ missing). A plugin implements its op's spec, so its reference is the op's torch 
 ONNX Runtime checks the rewrite's semantics without TensorRT. The runner refuses a graph with a
 plugin that has no reference before running anything (Polygraphy's pluginref does the same).
 trimformer calls run their reference too: onnx's evaluator cannot run our function bodies
-(its OneHot rejects the rank-1 depth the bodies pass, valid ONNX, with numpy 2).
+(its OneHot rejects the rank-1 depth the bodies pass, valid ONNX, with numpy 2). A call of an
+older op version (a model importing our domain below the op's version) has no reference and is
+refused like a missing one.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from trimformer.graph_passes.base import (
     attribute_values,
     ensure_opset,
     iter_node_scopes,
+    older_call,
     plugin_specs,
 )
 from trimformer.ops import DOMAIN, OpSpec, get_op, registered_ops
@@ -114,7 +117,8 @@ def run_reference(
     too. Returns the requested outputs (default: all graph outputs) by name.
     """
     by_domain = {PLUGIN_DOMAIN: plugin_specs(), DOMAIN: registered_ops()}
-    ours = [n for nodes, _ in iter_node_scopes(model) for n in nodes if n.domain in by_domain]
+    scopes = list(iter_node_scopes(model))
+    ours = [n for nodes, _ in scopes for n in nodes if n.domain in by_domain]
     used = sorted({(node.domain, node.op_type) for node in ours})
     unknown = [f"{d}::{t}" for d, t in used if t not in by_domain[d]]
     if unknown:
@@ -130,6 +134,11 @@ def run_reference(
                 f"node {node.name!r}: plugin {node.op_type} version {version!r} has no "
                 f"reference (only version {spec.version})"
             )
+    for nodes, opset_import in scopes:
+        for node in nodes:
+            older = older_call(node, opset_import) if node.domain == DOMAIN else None
+            if older is not None:
+                raise MissingReferenceError(f"node {node.name!r}: {older}")
     new_ops = [
         _op_run_class(by_domain[d][t], d, get_reference(by_domain[d][t].name)) for d, t in used
     ]

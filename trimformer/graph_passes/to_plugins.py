@@ -6,7 +6,8 @@ kernel. The plugin node keeps the call's inputs, outputs and name; it has domain
 op_type the op's plugin name, ``plugin_version`` and ``plugin_namespace`` (strings), then the
 op's own attributes.
 
-requires  every trimformer call is a registered op whose attributes validate (against the static
+requires  every trimformer call is a registered op at its current version (the model imports
+          our domain at that version or later) whose attributes validate (against the static
           token count too, where shape inference knows it)
 ensures   no trimformer node remains; the replaced ops' functions are gone; ``trt.plugins`` is
           imported by the model and by every function holding a plugin node
@@ -15,6 +16,7 @@ ensures   no trimformer node remains; the replaced ops' functions are gone; ``tr
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import onnx
 from onnx import helper
@@ -30,6 +32,7 @@ from trimformer.graph_passes.base import (
     drop_opset_if_unused,
     ensure_opset,
     iter_node_scopes,
+    older_call,
     register_pass,
     token_counts,
 )
@@ -40,8 +43,8 @@ __all__ = ["TO_PLUGINS", "plugin_node", "to_plugins"]
 _NAME = "to-plugins"
 
 
-def _checked_spec(node: onnx.NodeProto, tokens: dict[str, int]) -> OpSpec:
-    """The registered op a call node names, after validating its attributes."""
+def _checked_spec(node: onnx.NodeProto, opset_import: Any, tokens: dict[str, int]) -> OpSpec:
+    """The registered op a call node names, after checking its version and attributes."""
     ops = registered_ops()
     spec = ops.get(node.op_type)
     label = f"node {node.name!r} ({DOMAIN}::{node.op_type})"
@@ -50,6 +53,9 @@ def _checked_spec(node: onnx.NodeProto, tokens: dict[str, int]) -> OpSpec:
             f"{_NAME}: {label} is not a registered op (registered: {', '.join(sorted(ops))}); "
             "export it with this trimformer version"
         )
+    older = older_call(node, opset_import)
+    if older is not None:
+        raise PassError(f"{_NAME}: {label}: {older}")
     try:
         spec.validate(attribute_values(node), tokens.get(node.input[0]) if node.input else None)
     except OpValidationError as exc:
@@ -75,14 +81,18 @@ def plugin_node(node: onnx.NodeProto, spec: OpSpec) -> onnx.NodeProto:
 def to_plugins(model: onnx.ModelProto) -> PassResult:
     """Replace every trimformer call by its plugin node; refuse the model if one cannot be."""
     calls = [
-        node for nodes, _ in iter_node_scopes(model) for node in nodes if node.domain == DOMAIN
+        (node, opset_import)
+        for nodes, opset_import in iter_node_scopes(model)
+        for node in nodes
+        if node.domain == DOMAIN
     ]
     if not calls:
         return PassResult(
             _NAME, model, modified=False, counts={"plugins": 0, "functions_removed": 0}
         )
     tokens = token_counts(model)
-    specs = [_checked_spec(node, tokens) for node in calls]  # refuse before rewriting anything
+    # refuse before rewriting anything
+    specs = [_checked_spec(node, opset_import, tokens) for node, opset_import in calls]
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -122,7 +132,8 @@ TO_PLUGINS = register_pass(
     GraphPass(
         _NAME,
         to_plugins,
-        requires="every trimformer call is a registered op whose attributes validate",
+        requires="every trimformer call is a registered op at its current version whose "
+        "attributes validate",
         ensures="trimformer calls are trt.plugins nodes (plugin_version, plugin_namespace, op "
         "attributes); the replaced ops' functions are dropped",
         ensure=_ensure,

@@ -12,6 +12,7 @@ from trimformer.ops.registry import (
     AttributeSpec,
     OpSpec,
     OpValidationError,
+    domain_version,
     get_op,
     registered_ops,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "AttributeSpec",
     "OpSpec",
     "OpValidationError",
+    "domain_version",
     "get_op",
     "registered_ops",
 ]

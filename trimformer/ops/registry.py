@@ -20,6 +20,7 @@ __all__ = [
     "AttributeSpec",
     "OpSpec",
     "OpValidationError",
+    "domain_version",
     "function_builder",
     "get_op",
     "register_op",
@@ -67,6 +68,9 @@ class AttributeSpec:
 @dataclass(frozen=True)
 class OpSpec:
     """The spec face of an op, plus handles to its torch and ONNX faces.
+
+    ``version`` is the trimformer opset version that introduced the op's current semantics (as
+    ONNX's since_version): a model importing the domain at a lower version calls an older one.
 
     ``output_tokens(n, attrs)`` gives the static output-token count for ``n`` input tokens and
     raises OpValidationError when the attributes cannot apply to ``n`` tokens.
@@ -131,6 +135,12 @@ def get_op(name: str) -> OpSpec:
 def registered_ops() -> dict[str, OpSpec]:
     """All registered ops by name (a copy)."""
     return dict(_REGISTRY)
+
+
+def domain_version() -> int:
+    """The trimformer opset version models are exported with: the newest op version, so every
+    op is called at its current version."""
+    return max(spec.version for spec in _REGISTRY.values())
 
 
 MIN_OPSET = 18

@@ -566,6 +566,10 @@ def _build_plan(
     plugins = load_plugins(
         trt, builder.get_plugin_registry(), plugin_library, model, int(major) * 10 + int(minor)
     )
+    if plugins.source != "library":
+        from trimformer.plugins_qdp import qdp_graph
+
+        model = qdp_graph(model)  # the Python form's creators all have TensorRT's version "1"
     # weakly typed on TensorRT 10 (precision from builder flags); 11 is always strongly typed
     network = builder.create_network(plugins.network_flags(trt))
     _parse(trt, network, logger, model)

@@ -52,12 +52,16 @@ def bipartite_merge_kernel(
     b = tl.program_id(0)
     live = b < batch
     T: tl.constexpr = N - P
-    NA: tl.constexpr = (T + 1) // 2
-    NB: tl.constexpr = T // 2
+    # ToMe's split: A = even indices of the whole sequence, B = odd; the first unprotected A
+    # and B tokens are OA and OB tokens after the protected ones.
+    OA: tl.constexpr = P % 2
+    OB: tl.constexpr = 1 - OA
+    NA: tl.constexpr = (T - OA + 1) // 2
+    NB: tl.constexpr = (T - OB + 1) // 2
     M: tl.constexpr = N - R
     a = tl.arange(0, BLOCK_A)
     valid_a = (a < NA) & live
-    rows_a = b * N + P + 2 * a
+    rows_a = b * N + P + OA + 2 * a
 
     # 1. Best B match per A token, BLOCK_I A tokens at a time, spread into the full vectors.
     best = tl.full([BLOCK_A], float("-inf"), dtype=tl.float32)
@@ -65,14 +69,14 @@ def bipartite_merge_kernel(
     for i0 in range(0, NA, BLOCK_I):
         i = i0 + tl.arange(0, BLOCK_I)
         valid_i = (i < NA) & live
-        rows_i = b * N + P + 2 * i
+        rows_i = b * N + P + OA + 2 * i
         norms_i = row_norms(metric_ptr, rows_i, valid_i, CM, BLOCK_CM)
         best_i = tl.full([BLOCK_I], float("-inf"), dtype=tl.float32)
         match_i = tl.zeros([BLOCK_I], dtype=tl.int32)
         for j0 in range(0, NB, BLOCK_J):
             j = j0 + tl.arange(0, BLOCK_J)
             valid_j = (j < NB) & live
-            rows_j = b * N + P + 2 * j + 1
+            rows_j = b * N + P + OB + 2 * j
             norms_j = row_norms(metric_ptr, rows_j, valid_j, CM, BLOCK_CM)
             scores = cosine_tile(
                 metric_ptr, rows_i, valid_i, norms_i, rows_j, valid_j, norms_j, CM, BLOCK_CM
@@ -113,7 +117,7 @@ def bipartite_merge_kernel(
     for j0 in range(0, NB, BLOCK_J):
         j = j0 + tl.arange(0, BLOCK_J)
         valid_j = (j < NB) & live
-        rows_j = b * N + P + 2 * j + 1
+        rows_j = b * N + P + OB + 2 * j
         into = match[None, :] == j[:, None]
         sizes_j = tl.load(size_ptr + rows_j, mask=valid_j, other=0.0).to(tl.float32)
         total = sizes_j + tl.sum(tl.where(into, merge_weights[None, :], 0.0), axis=1)
@@ -137,7 +141,7 @@ def bipartite_merge_kernel(
                     0.0,
                 )
                 x_a = tl.load(
-                    x_ptr + (b * N + P + 2 * ak)[:, None] * C + c[None, :],
+                    x_ptr + (b * N + P + OA + 2 * ak)[:, None] * C + c[None, :],
                     mask=((ak < NA) & live)[:, None] & in_c[None, :],
                     other=0.0,
                 )
