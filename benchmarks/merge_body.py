@@ -76,7 +76,7 @@ def reduced_model() -> onnx.ModelProto:
 def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.force_spinning_stop", "1")  # as bench
     return ort.InferenceSession(model.SerializeToString(), options)
 
 

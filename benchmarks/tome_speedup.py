@@ -76,7 +76,7 @@ def control_session(model_id: str, r: int, threads: int | None) -> ort.Inference
     with adapter.export_patches(module):
         graph, _ = export_onnx(module, GraphIO.image(example), 20)
     options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.force_spinning_stop", "1")  # as bench
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(graph.SerializeToString(), options)

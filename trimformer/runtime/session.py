@@ -515,12 +515,12 @@ def load(
     un-reduced) or the named ``config`` by default.
 
     ``providers`` defaults to CUDA (when this onnxruntime has it) then CPU; ``threads`` sets
-    ONNX Runtime's intra-op thread count (None: its default); ``spinning=False`` stops idle
-    threads from busy-waiting, for fair timing of several sessions in one process.
+    ONNX Runtime's intra-op thread count (None: its default); ``spinning=False`` stops the threads'
+    busy-waiting at the end of each run, for fair timing of several sessions in one process.
     ``preload`` opens every config now, so that ``Session.use`` is a reference swap;
     ``share_weights`` holds the weights once for all configs (default: for banks of more than
-    two graphs; see ``Session``). ``backend`` "ort" or "openvino", ``precision`` "fp32", "bf16"
-    or "int8", ``device`` and ``extensions`` (OpenVINO) as in ``Session``.
+    two graphs; see ``Session``). ``backend`` "ort" or "openvino", ``precision`` "fp32",
+    "fp16", "bf16" or "int8", ``device`` and ``extensions`` (OpenVINO) as in ``Session``.
     """
     return Session(
         bundle,
