@@ -218,6 +218,46 @@ def test_eval_without_full_graph_reports_the_metric_only(fashion_bundles, tmp_pa
     assert 0.0 <= figures["value"] <= 1.0
 
 
+@needs_data
+def test_eval_on_openvino_bf16_reports_agreement_with_ort_fp32(fashion_bundles, tmp_path, capsys):
+    pytest.importorskip("openvino")
+    out = tmp_path / "eval.json"
+    code, stdout, err = cli(
+        capsys,
+        *("eval", str(fashion_bundles["tome"]), "--data", "fashion-mnist", "--limit", "200"),
+        *("--backend", "openvino", "--precision", "bf16", "--json", str(out)),
+    )
+    assert code == 0, err
+    figures = json.loads(out.read_text())
+    assert figures["runtime"] == "openvino bf16"
+    assert "with full on ort fp32" in stdout
+    # bf16 alone costs less than bf16 + reduction, and neither costs much on this model
+    assert 0.95 <= figures["full_reference_agreement"] <= 1.0
+    assert 0.85 <= figures["reference_agreement"] <= 1.0
+
+
+@needs_data
+def test_eval_of_the_reference_runtime_adds_no_reference_figures(fashion_bundles, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    code, _, err = cli(
+        capsys,
+        *("eval", str(fashion_bundles["tome"]), "--data", "fashion-mnist", "--limit", "32"),
+        *("--json", str(out)),
+    )
+    assert code == 0, err
+    figures = json.loads(out.read_text())
+    assert figures["runtime"] == "ort fp32" and figures["reference_agreement"] is None
+
+
+@needs_data
+def test_eval_int8_of_an_unquantized_bundle_says_how_to_quantize(fashion_bundles, capsys):
+    code, _, err = cli(
+        capsys,
+        *("eval", str(fashion_bundles["tome"]), "--data", "fashion-mnist", "--precision", "int8"),
+    )
+    assert_one_line_error(code, err, 2, "trimformer quantize")
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [

@@ -120,6 +120,39 @@ def test_tune_writes_a_profile_export_accepts(tmp_path, capsys):
     assert timed <= 2 + math.ceil(math.log2(17)) < 17
 
 
+@needs_data
+def test_sweep_int8_quantizes_each_point_and_scores_against_ort_fp32(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code, stdout, err = cli(
+        capsys,
+        *("sweep", str(SHIPPED), "--method", "tome", "--r", "0,16", "--precision", "int8"),
+        *("--data", "fashion-mnist", "--limit", "64", "--runs", "3", "-o", str(out)),
+    )
+    assert code == 0, err
+    assert "ort int8" in stdout
+    points = json.loads((out / "sweep.json").read_text())["points"]
+    assert [p["runtime"] for p in points] == ["ort int8", "ort int8"]
+    # r=0 is the full model quantized: its agreement is int8's cost alone, with ort fp32
+    full_int8, reduced_int8 = points
+    assert 0.9 <= full_int8["agreement"] <= 1.0
+    assert 0.8 <= reduced_int8["agreement"] <= 1.0 and reduced_int8["flops_ratio"] > 1.1
+
+
+@needs_data
+def test_tune_on_an_openvino_profile_times_on_openvino(tmp_path, capsys):
+    pytest.importorskip("openvino")
+    out = tmp_path / "tuned.yaml"
+    code, stdout, err = cli(
+        capsys,
+        *("tune", str(SHIPPED), "--device", "cpu-openvino", "--speedup", "0.01"),
+        *("--methods", "tome", "--data", "fashion-mnist", "--limit", "32", "--runs", "3"),
+        *("-o", str(out)),
+    )
+    assert code == 0, err
+    assert "on cpu-openvino" in stdout
+    assert yaml.safe_load(out.read_text())["method"] == "none"
+
+
 def test_tune_and_sweep_refuse_bad_requests(tmp_path, capsys):
     code, _, err = cli(
         capsys,
@@ -132,7 +165,7 @@ def test_tune_and_sweep_refuse_bad_requests(tmp_path, capsys):
         "--data",
         "fashion-mnist",
     )
-    assert_one_line_error(code, err, 2, "times on tensorrt")
+    assert_one_line_error(code, err, 2, "is for tensorrt engines")
     code, _, err = cli(
         capsys,
         "sweep",

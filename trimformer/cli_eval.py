@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from trimformer.cli_runtime import runtime_choice, runtime_options
+
 __all__ = ["eval_command"]
 
 
@@ -31,6 +33,7 @@ __all__ = ["eval_command"]
     default=None,
     help="Write the figures as JSON.",
 )
+@runtime_options
 def eval_command(
     bundle: Path,
     data: str,
@@ -38,6 +41,9 @@ def eval_command(
     batch: int,
     threads: int | None,
     json_path: Path | None,
+    backend: str,
+    precision: str,
+    device: str | None,
 ) -> None:
     """Score BUNDLE's reduced and full graphs on a data set and measure their agreement.
 
@@ -45,6 +51,10 @@ def eval_command(
     lee: Spearman correlation of document cosine similarities with human ratings; polarity:
     5-fold logistic-regression accuracy on the embeddings; for both, agreement = cosine of the
     reduced and full embeddings (mean and min).
+
+    With --backend openvino or --precision bf16 / int8 both graphs run there, and the full
+    graph also runs on ONNX Runtime fp32: the table adds each graph's agreement with that
+    reference (for the reduced graph, the cost of reduction and precision together).
     """
     from rich.console import Console
     from rich.markup import escape
@@ -54,19 +64,21 @@ def eval_command(
     from trimformer.cli import _write_json
     from trimformer.evaluation.runner import evaluate
 
+    runtime = runtime_choice(backend, precision, device)
+    labels = {"model": "reduced graph", "full": "full graph", "reference": "reference (ort fp32)"}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         tasks: dict[str, int] = {}
 
         def advance(graph: str, done: int, total: int) -> None:
             if graph not in tasks:
-                label = "reduced graph" if graph == "model" else "full graph"
-                tasks[graph] = bar.add_task(label, total=total)
+                tasks[graph] = bar.add_task(labels[graph], total=total)
             bar.update(tasks[graph], completed=done)
 
-        result = evaluate(bundle, data, limit=limit, batch=batch, threads=threads, progress=advance)
+        result = evaluate(bundle, data, limit, batch, threads, progress=advance, runtime=runtime)
 
-    table = Table(title=f"{escape(str(bundle))} on {data} ({result.examples} examples)")
+    title = f"{escape(str(bundle))} on {data} ({result.examples} examples, {result.runtime})"
+    table = Table(title=title)
     table.add_column("figure")
     table.add_column("reduced", justify="right")
     table.add_column("full", justify="right")
@@ -77,6 +89,16 @@ def eval_command(
         if result.agreement_min is not None:
             agreement += f" (min {result.agreement_min:.4f})"
         table.add_row(f"{result.agreement_metric} with full", agreement, "")
+    if result.reference_agreement is not None:
+        reference = f"{result.reference_agreement:.4f}"
+        if result.reference_agreement_min is not None:
+            reference += f" (min {result.reference_agreement_min:.4f})"
+        full_reference = result.full_reference_agreement
+        table.add_row(
+            f"{result.agreement_metric} with full on ort fp32",
+            reference,
+            "-" if full_reference is None else f"{full_reference:.4f}",
+        )
     console = Console()
     console.print(table)
     if result.note:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from trimformer.cli_runtime import runtime_choice, runtime_options
 from trimformer.errors import UsageError
 
 if TYPE_CHECKING:
@@ -150,6 +151,7 @@ def _table(points: list[Any], title: str, marked: set[str]) -> Any:
     required=True,
     help="Folder for sweep.json and sweep.png.",
 )
+@runtime_options
 def sweep_command(
     spec: ModelSpec,
     settings: BenchSettings,
@@ -158,11 +160,16 @@ def sweep_command(
     keep_values: str | None,
     sets: tuple[str, ...],
     output: Path,
+    backend: str,
+    precision: str,
+    device: str | None,
 ) -> None:
     """Measure METHOD over its strength on MODEL: speed-up, FLOPs, task metric, agreement.
 
-    One bundle per point, timed against the full model on ONNX Runtime and scored on --data;
-    the Pareto front (no point both faster and better) is starred and circled in the plot.
+    One bundle per point, timed against the full model on --backend at --precision and scored
+    on --data (int8: each bundle quantized first, calibrated on --data); off ONNX Runtime fp32,
+    agreement is with the full model on ONNX Runtime fp32. The Pareto front (no point both
+    faster and better) is starred and circled in the plot.
     """
     from rich.console import Console
 
@@ -170,6 +177,7 @@ def sweep_command(
     from trimformer.tuning.points import Grid, knob_of, parse_values
     from trimformer.tuning.sweep import pareto_front, run_sweep, write_sweep
 
+    settings = dataclasses.replace(settings, runtime=runtime_choice(backend, precision, device))
     given = {"r": r_values, "keep": keep_values}
     fixed = _parse_sets(sets)
     taken: set[str] = set()
@@ -193,7 +201,10 @@ def sweep_command(
             Path(work),
             on_point=lambda p: bar.update(task, advance=1, description=f"measured {p.label}"),
         )
-    title = f"{_short(spec.name)} on {settings.data}, batch {settings.batch}, ONNX Runtime"
+    title = (
+        f"{_short(spec.name)} on {settings.data}, batch {settings.batch}, "
+        f"{settings.runtime.describe()}"
+    )
     json_path, png_path = write_sweep(points, title, output)
     front = {p.label for p in pareto_front(points)}
     Console().print(_table(points, title, front))
@@ -203,7 +214,10 @@ def sweep_command(
 @click.command("tune")
 @_model_options
 @click.option(
-    "--device", required=True, help="Device profile (trimformer build's); its backend times."
+    "--device",
+    required=True,
+    help="Device profile (cpu-ort, cpu-openvino, xeon-amx-bf16, ...): its backend and "
+    "precision time and score.",
 )
 @click.option("--latency-ms", type=float, default=None, help="Budget: p50 latency ceiling.")
 @click.option("--speedup", type=float, default=None, help="Budget: speed-up floor vs full.")
@@ -231,6 +245,8 @@ def tune_command(
     Zero-shot: nothing is trained. Each method's strength is bisected (speed grows with it), so
     only O(log n) configs are timed and one per method is scored. The winner is written as a
     reductions profile with the measured figures, ready for `trimformer export --config`.
+    The profile's backend and precision time and score the configs (cpu-ort; cpu-openvino,
+    xeon-amx-bf16 and cpu-openvino-int8 on OpenVINO, int8 quantized per config on --data).
     """
     from rich.console import Console
 
@@ -240,18 +256,15 @@ def tune_command(
 
     budget = Budget(latency_ms, speedup)
     profile = load_device_profile(device)
-    if profile.backend != "onnxruntime":
-        raise UsageError(
-            f"device profile {profile.name} times on {profile.backend}, which tune does not drive "
-            "yet; tune with an onnxruntime profile (cpu-ort) or time engines with trimformer build"
-        )
+    runtime = profile.runtime_options()  # refuses engine profiles in one line
     names = [m.strip() for m in methods.split(",") if m.strip()]
     for name in names:
         knob_of(name)  # a method without a knob is refused before anything runs
     settings = dataclasses.replace(
         settings,
         threads=settings.threads if settings.threads is not None else profile.threads,
-        providers=list(profile.providers) or None,
+        providers=(list(profile.providers) or None) if runtime.backend == "ort" else None,
+        runtime=runtime,
     )
     with _progress() as bar, tempfile.TemporaryDirectory() as work:
         task = bar.add_task("searching", total=None)

@@ -1,10 +1,13 @@
 """Evaluate a bundle on a data set: its reduced graph, its full graph, and how far they agree.
 
-Each graph runs in ONNX Runtime through ``trimformer.runtime.load``, in batches. The task metric
-is computed for both graphs on the same inputs; agreement compares the reduced graph's outputs
-with the full graph's (top-1 for classifiers, cosine for embeddings). A bundle exported with
-``--method none`` has only its model graph, which is the full model: then only the metric is
-reported.
+Each graph runs through ``trimformer.runtime.load`` on one runtime (a backend and a precision,
+ONNX Runtime fp32 by default), in batches. The task metric is computed for both graphs on the
+same inputs; agreement compares the reduced graph's outputs with the full graph's (top-1 for
+classifiers, cosine for embeddings). On any other runtime (OpenVINO, bf16, int8) the full graph
+also runs on ONNX Runtime fp32, the reference: the reduced graph's agreement with it is the
+combined cost of reduction and precision, and the full graph's is the precision's alone. A
+bundle exported with ``--method none`` has only its model graph, which is the full model: then
+agreement is measured against the reference only.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from trimformer.bundle import read_manifest
 from trimformer.errors import UsageError
 from trimformer.evaluation import metrics
 from trimformer.runtime import load
+from trimformer.runtime.options import FP32_ORT, RuntimeOptions
 from trimformer.runtime.session import Session
 
 __all__ = ["DATA_SETS", "EvalResult", "Progress", "data_inputs", "evaluate"]
@@ -30,12 +34,17 @@ IMAGE_INPUT = "pixel_values"
 TEXT_INPUT = "input_ids"
 TEXT_OUTPUT = "sentence_embedding"
 
-Progress = Callable[[str, int, int], None]  # (graph, examples done, examples in all)
+Progress = Callable[[str, int, int], None]  # (model | full | reference, examples done, in all)
 
 
 @dataclass(frozen=True)
 class EvalResult:
-    """One data set's figures for one bundle; ``full_value``/agreement are None without full."""
+    """One data set's figures for one bundle on one runtime; ``full_value``/agreement are None
+    without full, the ``reference_*`` figures None on ONNX Runtime fp32 (the reference itself).
+
+    ``reference_agreement``: the reduced graph on ``runtime`` vs the full graph on ONNX Runtime
+    fp32; ``full_reference_agreement``: the full graph on ``runtime`` vs the same.
+    """
 
     bundle: str
     data: str
@@ -47,6 +56,10 @@ class EvalResult:
     agreement: float | None
     agreement_min: float | None
     note: str | None
+    runtime: str = FP32_ORT.describe()
+    reference_agreement: float | None = None
+    reference_agreement_min: float | None = None
+    full_reference_agreement: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,8 +83,10 @@ def evaluate(
     batch: int = 64,
     threads: int | None = None,
     progress: Progress | None = None,
+    runtime: RuntimeOptions = FP32_ORT,
 ) -> EvalResult:
-    """Run ``bundle``'s graphs on ``data`` (fashion-mnist, lee or polarity) and score them."""
+    """Run ``bundle``'s graphs on ``data`` (fashion-mnist, lee or polarity) on ``runtime`` and
+    score them (and, off the reference runtime, compare them with the reference)."""
     bundle = Path(bundle)
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be >= 1, got {limit}")
@@ -81,7 +96,7 @@ def evaluate(
     _check_data(bundle, manifest, data)
     task = _task(bundle, manifest, data, limit)
     graphs = ["model", "full"] if "full" in manifest["graphs"] else ["model"]
-    outputs = {g: _run(bundle, g, task, batch, threads, progress) for g in graphs}
+    outputs = {g: _run(bundle, g, task, batch, threads, progress, runtime, g) for g in graphs}
     reduced, full = outputs["model"], outputs.get("full")
     note = None
     agreement = agreement_min = None
@@ -90,11 +105,18 @@ def evaluate(
             f"{bundle} has no full graph (exported with --method none: its model graph is the "
             "full model), so agreement is not measured"
         )
-    elif task.agreement_metric == "top-1 agreement":
-        agreement = metrics.top1_agreement(reduced, full)
     else:
-        cosines = metrics.cosine_rows(reduced, full)
-        agreement, agreement_min = float(cosines.mean()), float(cosines.min())
+        agreement, agreement_min = _agreement(task, reduced, full)
+    reference = reference_min = full_reference = None
+    if runtime != FP32_ORT:
+        reference_graph = graphs[-1]
+        baseline = _run(
+            bundle, reference_graph, task, batch, threads, progress, FP32_ORT, "reference"
+        )
+        reference, reference_min = _agreement(task, reduced, baseline)
+        if full is not None:
+            full_reference, _ = _agreement(task, full, baseline)
+        note = None
     return EvalResult(
         bundle=str(bundle),
         data=data,
@@ -106,7 +128,19 @@ def evaluate(
         agreement=agreement,
         agreement_min=agreement_min,
         note=note,
+        runtime=runtime.describe(),
+        reference_agreement=reference,
+        reference_agreement_min=reference_min,
+        full_reference_agreement=full_reference,
     )
+
+
+def _agreement(task: _Task, outputs: np.ndarray, against: np.ndarray) -> tuple[float, float | None]:
+    """Top-1 agreement (no minimum), or the mean and minimum cosine of embeddings."""
+    if task.agreement_metric == "top-1 agreement":
+        return metrics.top1_agreement(outputs, against), None
+    cosines = metrics.cosine_rows(outputs, against)
+    return float(cosines.mean()), float(cosines.min())
 
 
 def data_inputs(bundle: str | Path, data: str, limit: int | None = None) -> dict[str, np.ndarray]:
@@ -242,9 +276,13 @@ def _run(
     batch: int,
     threads: int | None,
     progress: Progress | None,
+    runtime: RuntimeOptions,
+    label: str,
 ) -> np.ndarray:
-    """Outputs of one graph on all inputs, in batches (of the graph's size when it is fixed)."""
-    with load(bundle, graph=graph, threads=threads) as session:
+    """Outputs of one graph on ``runtime`` for all inputs, in batches (of the graph's size when
+    it is fixed); progress is reported under ``label``."""
+    opts = runtime.load_options()
+    with load(bundle, graph=graph, threads=threads, **opts) as session:
         if task.output not in {spec.name for spec in session.outputs}:
             names = [spec.name for spec in session.outputs]
             raise UsageError(
@@ -258,7 +296,7 @@ def _run(
         for start in range(0, total, size):
             chunks.append(_run_batch(session, task, start, size, total))
             if progress is not None:
-                progress(graph, min(start + size, total), total)
+                progress(label, min(start + size, total), total)
     return np.concatenate(chunks)
 
 

@@ -3,6 +3,9 @@
 One point = one bundle: FLOPs from the manifest, latency of the reduced and the full graph timed
 interleaved in one process (``bench --vs-full``), and the task metric of both graphs with their
 agreement (``eval``). A config that reduces nothing is the full model: speed-up 1 by definition.
+On an int8 runtime each bundle is quantized first, calibrated on the first examples of the data
+set it is scored on; off ONNX Runtime fp32, agreement is with the full model on ONNX Runtime
+fp32, so it is the cost of reduction and precision together.
 """
 
 from __future__ import annotations
@@ -16,9 +19,13 @@ from typing import Any
 from trimformer.exporter import ExportRequest, export_bundle
 from trimformer.profiles import ReductionConfig
 from trimformer.runtime.bench import benchmark
+from trimformer.runtime.options import FP32_ORT, RuntimeOptions
 from trimformer.runtime.session import Provider
 
-__all__ = ["BenchSettings", "ModelSpec", "Point", "measure_point"]
+__all__ = ["CALIBRATION_EXAMPLES", "BenchSettings", "ModelSpec", "Point", "measure_point"]
+
+CALIBRATION_EXAMPLES = 300
+"""Examples of the data set an int8 point's static quantization calibrates on."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,7 @@ class BenchSettings:
     runs: int = 30
     threads: int | None = None
     providers: Sequence[Provider] | None = None
+    runtime: RuntimeOptions = FP32_ORT
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,7 @@ class Point:
     value: float
     full_value: float
     agreement: float
+    runtime: str = FP32_ORT.describe()
 
     @property
     def flops_ratio(self) -> float:
@@ -98,6 +107,8 @@ def measure_point(
     )
     graphs = manifest["graphs"]
     reduces = "full" in graphs
+    if settings.runtime.precision == "int8":
+        _quantize(bundle, settings)
     timing = benchmark(
         bundle,
         batch=settings.batch,
@@ -106,15 +117,25 @@ def measure_point(
         vs_full=reduces,
         progress=False,
         providers=settings.providers,
+        runtime=settings.runtime,
     )
     full = graphs["full" if reduces else "model"]
     value = full_value = agreement = math.nan
     metric = ""
     if score:
-        scores = evaluate(bundle, settings.data, limit=settings.limit, threads=settings.threads)
+        scores = evaluate(
+            bundle,
+            settings.data,
+            limit=settings.limit,
+            threads=settings.threads,
+            runtime=settings.runtime,
+        )
         metric, value = scores.metric, scores.value
         full_value = scores.full_value if scores.full_value is not None else scores.value
-        agreement = scores.agreement if reduces and scores.agreement is not None else 1.0
+        if scores.reference_agreement is not None:
+            agreement = scores.reference_agreement
+        else:
+            agreement = scores.agreement if reduces and scores.agreement is not None else 1.0
     return Point(
         label=reduction.source,
         method=reduction.method,
@@ -128,4 +149,18 @@ def measure_point(
         value=value,
         full_value=full_value,
         agreement=agreement,
+        runtime=settings.runtime.describe(),
     )
+
+
+def _quantize(bundle: Path, settings: BenchSettings) -> None:
+    """Add int8 graphs of every config of ``bundle`` for the settings' backend, calibrated on
+    the data set the point is scored on."""
+    from trimformer.evaluation.runner import data_inputs
+    from trimformer.quantization import CalibrationSet, QuantizeRequest, quantize_bundle
+
+    limit = min(settings.limit or CALIBRATION_EXAMPLES, CALIBRATION_EXAMPLES)
+    calibration = CalibrationSet(settings.data, data_inputs(bundle, settings.data, limit))
+    backend = settings.runtime.backend
+    extensions = settings.runtime.extensions
+    quantize_bundle(QuantizeRequest(bundle, backend, calibration, extensions=extensions))
