@@ -43,7 +43,7 @@ def quantize_openvino(
         nncf.Dataset(feeds),
         preset=nncf.QuantizationPreset.PERFORMANCE,
         model_type=nncf.ModelType.TRANSFORMER,
-        subset_size=calibration.items,
+        subset_size=len(feeds),  # NNCF counts dataset items: here, batches
         ignored_scope=ignored,
     )
     openvino.save_model(quantized, str(dest), compress_to_fp16=False)
