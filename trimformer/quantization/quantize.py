@@ -202,7 +202,7 @@ class _Quantizer:
         if self._core is None:
             self._core = import_openvino().Core()
             self._extension = add_extensions(self._core, self._request.extensions)
-        model = read_model(self._core, source)
+        model = read_model(self._core, source, self._extension)
         keep_float = float_scopes(model)
         return quantize_openvino(self._core, model, dest, calibration, inputs, fixed, keep_float)
 

@@ -1,4 +1,5 @@
-"""What this machine can run: backends, GPUs, CUDA, TensorRT, and the plugins.
+"""What this machine can run: backends (ONNX Runtime, OpenVINO), GPUs, CUDA, TensorRT, the
+plugins and OpenVINO's fused ops.
 
 ``diagnose()`` returns one ``Finding`` per component, each saying what was found or, when it is
 missing, why and how to get it. Every probe is lazy and contained: a missing or broken component
@@ -61,6 +62,28 @@ def _onnxruntime() -> list[Finding]:
         if provider.startswith("Tensorrt") and not present:
             fix += " (the TensorRT EP also needs TensorRT's libraries on the library path)"
         findings.append(Finding(label, present, "available" if present else "missing", fix))
+    return findings
+
+
+def _openvino() -> list[Finding]:
+    try:
+        openvino = importlib.import_module("openvino")
+    except ImportError:
+        return [Finding("OpenVINO", False, "missing", "pip install 'trimformer[openvino]'")]
+    core = openvino.Core()
+    devices = core.available_devices
+    findings = [Finding("OpenVINO", True, f"{openvino.__version__}; devices {', '.join(devices)}")]
+    if "CPU" in devices:
+        capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        for precision, hardware in (("BF16", "AMX or AVX512-BF16"), ("INT8", "VNNI")):
+            present = precision in capabilities
+            fix = "" if present else f"this CPU lacks {hardware}; use --precision fp32"
+            detail = "available" if present else "missing"
+            findings.append(Finding(f"OpenVINO CPU {precision.lower()}", present, detail, fix))
+    from trimformer.runtime.openvino_ext import library_status
+
+    built, detail, fix = library_status()
+    findings.append(Finding("OpenVINO fused ops (trimformer openvino build)", built, detail, fix))
     return findings
 
 
@@ -173,6 +196,7 @@ def _power_mode() -> list[Finding]:
 
 _PROBES: tuple[Callable[[], Finding | list[Finding]], ...] = (
     _onnxruntime,
+    _openvino,
     _tensorrt,
     _triton,
     _nvcc,

@@ -148,7 +148,7 @@ class OpenVinoBackend:
         from trimformer.runtime.openvino_ext import read_model
 
         try:
-            model = read_model(self._core, file)
+            model = read_model(self._core, file, self.extension)
         except RuntimeError as exc:
             raise UsageError(
                 f"{file} cannot be loaded by openvino: {first_line(exc)}; re-export the bundle"
