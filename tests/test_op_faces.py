@@ -197,14 +197,52 @@ def onnx_face(x, metric, size, r, protected, opset: int = OPSET):
     return run_function("BipartiteMerge", {"r": r, "protected": protected}, inputs, opset)
 
 
+@functools.cache
+def openvino_core():
+    """An OpenVINO core with trimformer's fused ops (built into the user cache on first use), or
+    None where openvino is not installed (the fused face is then not compared)."""
+    try:
+        import openvino
+    except ImportError:
+        return None
+    from trimformer.runtime.openvino_ext import add_extensions
+
+    core = openvino.Core()
+    add_extensions(core, "fused")
+    return core
+
+
+@functools.cache
+def openvino_merge(r: int, protected: int, channels: int, metric_channels: int):
+    """The one-node merge model read by OpenVINO's ONNX frontend (the node mapped to the fused
+    op) and compiled for its CPU at fp32."""
+    import openvino
+
+    core = openvino_core()
+    proto = merge_model(r, protected, channels, metric_channels).SerializeToString()
+    model = core.read_model(proto, openvino.Tensor(np.zeros(0, np.uint8)))
+    assert [op.get_type_name() for op in model.get_ordered_ops()].count("BipartiteMerge") == 1
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1}
+    return core.compile_model(model, "CPU", config)
+
+
+def openvino_face(x, metric, size, r, protected):
+    compiled = openvino_merge(r, protected, x.shape[2], metric.shape[2])
+    results = compiled.create_infer_request().infer({"x": x, "metric": metric, "size": size})
+    return tuple(results[port] for port in compiled.outputs)
+
+
 def assert_faces_agree(x, metric, size, r, protected):
-    """torch == ONNX (ORT) == naive, and the output count is the spec's static count."""
+    """torch == ONNX (ORT) == OpenVINO's fused op == naive, and the output count is the spec's
+    static count."""
     n_out = SPEC.output_tokens(x.shape[1], {"r": r, "protected": protected})
     want_x, want_s = tome_merge(x, metric, size, r, protected)
     faces = {
         "torch": torch_face(x, metric, size, r, protected),
         "onnx": onnx_face(x, metric, size, r, protected),
     }
+    if openvino_core() is not None:
+        faces["openvino"] = openvino_face(x, metric, size, r, protected)
     for face, (got_x, got_s) in faces.items():
         assert got_x.shape == (x.shape[0], n_out, x.shape[2]), face
         assert got_s.shape == (x.shape[0], n_out, 1), face

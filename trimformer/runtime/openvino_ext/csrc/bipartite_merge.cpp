@@ -32,26 +32,25 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void merge_row(cons
     const size_t n_a = a0 < n ? (n - a0 + 1) / 2 : 0;
     const size_t n_b = b0 < n ? (n - b0 + 1) / 2 : 0;
 
-    std::vector<float> inv_norm(n);
+    // The L2-normalised metric, divided as the spec divides (so exact ties stay exact)
+    std::vector<float> unit(n * cm);
     for (size_t t = 0; t < n; ++t) {
         const float* m = metric + t * cm;
         float sq = 0.f;
 #pragma omp simd reduction(+ : sq)
         for (size_t k = 0; k < cm; ++k) sq += m[k] * m[k];
-        inv_norm[t] = 1.f / std::max(std::sqrt(sq), kNormEps);
+        const float norm = std::max(std::sqrt(sq), kNormEps);
+        for (size_t k = 0; k < cm; ++k) unit[t * cm + k] = m[k] / norm;
     }
     std::vector<float> best(n_a, -INFINITY);
     std::vector<size_t> best_b(n_a, 0);
     for (size_t i = 0; i < n_a; ++i) {
-        const size_t ta = a0 + 2 * i;
-        const float* ma = metric + ta * cm;
+        const float* ua = unit.data() + (a0 + 2 * i) * cm;
         for (size_t j = 0; j < n_b; ++j) {
-            const size_t tb = b0 + 2 * j;
-            const float* mb = metric + tb * cm;
-            float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-            for (size_t k = 0; k < cm; ++k) dot += ma[k] * mb[k];
-            const float score = dot * inv_norm[ta] * inv_norm[tb];
+            const float* ub = unit.data() + (b0 + 2 * j) * cm;
+            float score = 0.f;
+#pragma omp simd reduction(+ : score)
+            for (size_t k = 0; k < cm; ++k) score += ua[k] * ub[k];
             if (score > best[i]) {  // strict: the first maximum wins
                 best[i] = score;
                 best_b[i] = j;
