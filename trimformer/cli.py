@@ -471,6 +471,7 @@ def _register_subcommands() -> None:
     from trimformer.cli_build import build_command  # imports only click
     from trimformer.cli_doctor import doctor_command  # imports only click
     from trimformer.cli_eval import eval_command  # imports only click
+    from trimformer.cli_openvino import openvino_command  # imports only click
     from trimformer.cli_passes import passes_command  # imports only click and errors
     from trimformer.cli_plugins import plugins_command  # imports only click
     from trimformer.cli_quantize import quantize_command  # imports only click and errors
@@ -487,6 +488,7 @@ def _register_subcommands() -> None:
     cli.add_command(sweep_command)
     cli.add_command(tune_command)
     cli.add_command(quantize_command)
+    cli.add_command(openvino_command)
     cli.add_command(triton_command)
     cli.add_command(serve_command)
 
