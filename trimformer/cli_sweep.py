@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from trimformer.cli_eval import data_options
 from trimformer.cli_runtime import runtime_choice, runtime_options
 from trimformer.errors import UsageError
 
@@ -34,6 +35,7 @@ def _model_options(function: Callable[..., Any]) -> Callable[..., Any]:
         model: str,
         data: str,
         limit: int | None,
+        strict: bool,
         batch: int,
         runs: int,
         threads: int | None,
@@ -45,12 +47,12 @@ def _model_options(function: Callable[..., Any]) -> Callable[..., Any]:
         from trimformer.tuning.measure import BenchSettings, ModelSpec
 
         spec = ModelSpec(model, checkpoint, image_size, seq_len)
-        return function(spec, BenchSettings(data, limit, batch, runs, threads), **rest)
+        settings = BenchSettings(data, limit, batch, runs, threads, strict=strict)
+        return function(spec, settings, **rest)
 
     options = [
         click.argument("model"),
-        click.option("--data", required=True, help="fashion-mnist, lee or polarity (see eval)."),
-        click.option("--limit", type=int, default=None, help="Score on the first N examples."),
+        data_options,
         click.option(
             "--batch",
             type=click.IntRange(min=1),
@@ -104,6 +106,17 @@ def _progress() -> Any:
 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     return Progress(*columns, console=Console(stderr=True), transient=True)
+
+
+FULL_OUTPUTS = "full-outputs"
+"""The folder (beside a sweep's or tune's output) of the full model's outputs on the data."""
+
+
+def _cache_line(cache: Any) -> str:
+    return (
+        f"full-model outputs: {cache.misses} computed, {cache.hits} reused from "
+        f"{cache.folder} (keyed by graph, weights, runtime and data)"
+    )
 
 
 def _table(points: list[Any], title: str, marked: set[str]) -> Any:
@@ -174,10 +187,13 @@ def sweep_command(
     from rich.console import Console
 
     from trimformer.cli import _parse_sets
+    from trimformer.evaluation.cache import EvalCache
     from trimformer.tuning.points import Grid, knob_of, parse_values
     from trimformer.tuning.sweep import pareto_front, run_sweep, write_sweep
 
-    settings = dataclasses.replace(settings, runtime=runtime_choice(backend, precision, device))
+    cache = EvalCache(output / FULL_OUTPUTS)
+    runtime = runtime_choice(backend, precision, device)
+    settings = dataclasses.replace(settings, runtime=runtime, cache=cache)
     given = {"r": r_values, "keep": keep_values}
     fixed = _parse_sets(sets)
     taken: set[str] = set()
@@ -209,6 +225,7 @@ def sweep_command(
     front = {p.label for p in pareto_front(points)}
     Console().print(_table(points, title, front))
     Console().print(f"* Pareto front. Wrote {json_path} and {png_path}")
+    Console().print(_cache_line(cache), highlight=False)
 
 
 @click.command("tune")
@@ -250,6 +267,7 @@ def tune_command(
     """
     from rich.console import Console
 
+    from trimformer.evaluation.cache import EvalCache
     from trimformer.profiles.device_profiles import load_device_profile
     from trimformer.tuning.points import knob_of
     from trimformer.tuning.tune import Budget, tune, write_profile
@@ -260,11 +278,14 @@ def tune_command(
     names = [m.strip() for m in methods.split(",") if m.strip()]
     for name in names:
         knob_of(name)  # a method without a knob is refused before anything runs
+    path = output or Path(f"tuned-{Path(spec.name).name}-{profile.name}.yaml")
+    cache = EvalCache(path.parent / f"{path.stem}.{FULL_OUTPUTS}")
     settings = dataclasses.replace(
         settings,
         threads=settings.threads if settings.threads is not None else profile.threads,
         providers=(list(profile.providers) or None) if runtime.backend == "ort" else None,
         runtime=runtime,
+        cache=cache,
     )
     with _progress() as bar, tempfile.TemporaryDirectory() as work:
         task = bar.add_task("searching", total=None)
@@ -287,8 +308,8 @@ def tune_command(
             f"no config of {', '.join(names)} meets {budget.describe()} on {profile.name}; "
             "relax the budget or add methods (--methods)"
         )
-    path = output or Path(f"tuned-{Path(spec.name).name}-{profile.name}.yaml")
     write_profile(best, spec, profile.name, budget, path)
     console.print(
         f"best: {best.label}; wrote {path} (use: trimformer export MODEL --config {path})"
     )
+    console.print(_cache_line(cache), highlight=False)

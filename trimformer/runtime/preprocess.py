@@ -18,7 +18,12 @@ from PIL import Image, UnidentifiedImageError
 
 from trimformer.errors import UsageError
 
-__all__ = ["decode_image", "load_image"]
+__all__ = ["UnreadableImage", "decode_image", "load_image"]
+
+
+class UnreadableImage(UsageError):
+    """The file or bytes are not an image PIL can decode (the preprocess settings were fine)."""
+
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -81,7 +86,7 @@ def _read(source: Path | io.BytesIO, mode: str) -> Image.Image:
             return image.convert(mode)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
         what = source if isinstance(source, Path) else "the data"
-        raise UsageError(f"{what} is not an image PIL can read; pass a JPEG/PNG/...") from None
+        raise UnreadableImage(f"{what} is not an image PIL can read; pass a JPEG/PNG/...") from None
 
 
 def _per_channel(preprocess: Mapping[str, Any], key: str, channels: int) -> np.ndarray:

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trimformer.exporter import ExportRequest, export_bundle
 from trimformer.profiles import ReductionConfig
 from trimformer.runtime.bench import benchmark
 from trimformer.runtime.options import FP32_ORT, RuntimeOptions
 from trimformer.runtime.session import Provider
+
+if TYPE_CHECKING:
+    from trimformer.evaluation.cache import EvalCache
 
 __all__ = ["CALIBRATION_EXAMPLES", "BenchSettings", "ModelSpec", "Point", "measure_point"]
 
@@ -40,7 +43,8 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """How points are timed and scored."""
+    """How points are timed and scored. ``cache`` keeps the prepared data and the full model's
+    outputs from one point to the next (every point's full graph is the same model)."""
 
     data: str
     limit: int | None = None
@@ -49,6 +53,8 @@ class BenchSettings:
     threads: int | None = None
     providers: Sequence[Provider] | None = None
     runtime: RuntimeOptions = FP32_ORT
+    strict: bool = False
+    cache: EvalCache | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,8 @@ def measure_point(
             limit=settings.limit,
             threads=settings.threads,
             runtime=settings.runtime,
+            strict=settings.strict,
+            cache=settings.cache,
         )
         metric, value = scores.metric, scores.value
         full_value = scores.full_value if scores.full_value is not None else scores.value
@@ -156,11 +164,15 @@ def measure_point(
 def _quantize(bundle: Path, settings: BenchSettings) -> None:
     """Add int8 graphs of every config of ``bundle`` for the settings' backend, calibrated on
     the data set the point is scored on."""
-    from trimformer.evaluation.runner import data_inputs
+    from trimformer.bundle import read_manifest
+    from trimformer.evaluation.runner import prepare_data
     from trimformer.quantization import CalibrationSet, QuantizeRequest, quantize_bundle
 
     limit = min(settings.limit or CALIBRATION_EXAMPLES, CALIBRATION_EXAMPLES)
-    calibration = CalibrationSet(settings.data, data_inputs(bundle, settings.data, limit))
+    prepared = prepare_data(
+        bundle, read_manifest(bundle), settings.data, limit, settings.strict, cache=settings.cache
+    )
+    calibration = CalibrationSet(settings.data, prepared.inputs)
     backend = settings.runtime.backend
     extensions = settings.runtime.extensions
     quantize_bundle(QuantizeRequest(bundle, backend, calibration, extensions=extensions))
