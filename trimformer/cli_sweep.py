@@ -50,7 +50,7 @@ def _model_options(function: Callable[..., Any]) -> Callable[..., Any]:
         settings = BenchSettings(data, limit, batch, runs, threads, strict=strict)
         return function(spec, settings, **rest)
 
-    options = [
+    options: list[Callable[[Any], Any]] = [
         click.argument("model"),
         data_options,
         click.option(

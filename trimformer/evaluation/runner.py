@@ -12,7 +12,7 @@ prepared data and the full graph's outputs are reused across the points of a swe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from trimformer.bundle import read_manifest
 from trimformer.errors import UsageError
 from trimformer.evaluation.cache import EvalCache, graph_fingerprint, outputs_key
 from trimformer.evaluation.scoring import EvalResult, Outputs, score
-from trimformer.evaluation.sources import Prepared, Source, parse_source
+from trimformer.evaluation.sources import Prepared, Progress, Source, parse_source
 from trimformer.evaluation.sources.builtin import BUILT_IN
 from trimformer.evaluation.sources.images import IMAGE_INPUT
 from trimformer.evaluation.tokenize import TEXT_INPUT
@@ -31,8 +31,6 @@ from trimformer.runtime.options import FP32_ORT, RuntimeOptions
 from trimformer.runtime.session import Session
 
 __all__ = ["EvalResult", "Progress", "data_inputs", "evaluate", "prepare_data"]
-
-Progress = Callable[[str, int, int], None]  # (decode | model | full | reference, done, in all)
 
 
 def evaluate(

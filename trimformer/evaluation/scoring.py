@@ -118,7 +118,10 @@ def _task(
     """metric, value, full_value (and for labelled classifiers top-5 and the drop)."""
     labels, pairs = prepared.labels, prepared.pairs
     if classifier and labels is not None:
-        task = {"metric": "top-1 accuracy", "value": metrics.top1_accuracy(reduced, labels)}
+        task: dict[str, Any] = {
+            "metric": "top-1 accuracy",
+            "value": metrics.top1_accuracy(reduced, labels),
+        }
         task["top5"] = metrics.topk_accuracy(reduced, labels)
         task["full_value"] = None
         if full is not None:

@@ -10,7 +10,7 @@ honest measure is agreement with the full model.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,8 +32,8 @@ SAMPLE_SEED = 0
 """Seed of the sample ``--limit`` takes from a user's data: the same examples on every run."""
 
 
-class Progress(Protocol):
-    def __call__(self, label: str, done: int, total: int) -> None: ...
+Progress = Callable[[str, int, int], None]
+"""A progress report: (what runs: decode | model | full | reference, done, in all)."""
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,15 @@ class Prepared:
 class Source(Protocol):
     """A data set a bundle can be evaluated on."""
 
-    spec: str
-    modality: str  # "image" or "text": the kind of bundle it fits
+    @property
+    def spec(self) -> str:
+        """The ``--data`` value it was named by."""
+        ...
+
+    @property
+    def modality(self) -> str:
+        """``image`` or ``text``: the kind of bundle it fits."""
+        ...
 
     def prepare(
         self,
