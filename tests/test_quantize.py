@@ -17,6 +17,7 @@ import pytest
 from test_cli import assert_one_line_error, cli
 from test_eval import SHIPPED, needs_data
 
+from trimformer.errors import UsageError
 from trimformer.exporter import ExportRequest, export_bundle
 from trimformer.profiles import ReductionConfig
 from trimformer.runtime import load
@@ -183,3 +184,10 @@ def test_openvino_int8_calibrated_by_nncf_runs_with_the_fp32_accuracy(
     for config in ("tome-r16", "none"):
         top1 = _top1(bundle, images, config, backend="openvino", precision="int8")
         assert (top1 == reference).mean() >= 0.93, config
+    # An IR saved with the fused ops needs the library: without it, one line says so.
+    assert entry["extensions"] in ("fused", "decomposed")
+    if entry["extensions"] == "fused":
+        with pytest.raises(UsageError, match="saved with trimformer's fused OpenVINO ops"):
+            load(bundle, backend="openvino", precision="int8", extensions="decomposed").run(
+                np.zeros((1, 1, 28, 28), np.float32)
+            )

@@ -142,6 +142,7 @@ class _Made:
     scheme: str
     produced: tuple[str, ...]
     seconds: float
+    extensions: str | None  # OpenVINO: how trimformer's ops ran (fused ones need the library)
 
 
 class _Quantizer:
@@ -155,6 +156,7 @@ class _Quantizer:
         self._manifest = manifest
         self._request = request
         self._core: Any = None
+        self._extension: Any = None  # OpenVINO's ExtensionInfo, once the core is made
         weights = bundle / WEIGHTS
         self._large = weights.is_file() and weights.stat().st_size > _LARGE_BYTES
 
@@ -185,6 +187,7 @@ class _Quantizer:
             scheme,
             produced,
             time.perf_counter() - start,
+            self._extension.mode if self._extension is not None else None,
         )
 
     def _quantize_openvino(
@@ -218,6 +221,7 @@ def _record(bundle: Path, made: _Made, request: QuantizeRequest) -> dict[str, An
         "backend": request.backend,
         "precision": "int8",
         "scheme": made.scheme,
+        **({"extensions": made.extensions} if made.extensions else {}),
         "calibration": request.calibration.record() if request.calibration else None,
         "files": files,
         "tools": {tool: _version(tool) for tool in tools},

@@ -147,6 +147,12 @@ class OpenVinoBackend:
         compiled model holds its own constants."""
         from trimformer.runtime.openvino_ext import read_model
 
+        if self.extension.mode != "fused" and _uses_fused_ops(file):
+            raise UsageError(
+                f"{file} was saved with trimformer's fused OpenVINO ops, which are not loaded "
+                f"here (extensions: {self.extension.mode}); build them with trimformer openvino "
+                "build, or quantize again here (trimformer quantize --force)"
+            )
         try:
             model = read_model(self._core, file, self.extension)
         except RuntimeError as exc:
@@ -160,6 +166,18 @@ class OpenVinoBackend:
         trimformer's ops run."""
         options = {"precision": self.precision, "extensions": self.extension.mode}
         return (f"openvino:{self.device}",), {f"openvino:{self.device}": options}
+
+
+def _uses_fused_ops(file: Path) -> bool:
+    """Whether an OpenVINO IR holds layers of trimformer's opsets (``trimformer_v<N>``), which
+    only the compiled library can read; an ONNX graph never needs it (it carries its
+    functions)."""
+    if file.suffix != ".xml":
+        return False
+    try:
+        return 'version="trimformer_v' in file.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
 
 
 def _supported_precision(core: Any, device: str, precision: str) -> str:
