@@ -9,6 +9,8 @@ call, so the matching and ranking inside it (which decide the surviving tokens) 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,14 +46,15 @@ def quantize_ort(
     )
 
     if calibration is None:
-        quantize_dynamic(
-            source,
-            dest,
-            op_types_to_quantize=OPS,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            use_external_data_format=large,
-        )
+        with _without_pre_processing_advice():
+            quantize_dynamic(
+                source,
+                dest,
+                op_types_to_quantize=OPS,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                use_external_data_format=large,
+            )
         return "dynamic"
 
     class _Reader(CalibrationDataReader):  # type: ignore[misc]
@@ -64,15 +67,38 @@ def quantize_ort(
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._feeds, None)
 
-    quantize_static(
-        source,
-        dest,
-        _Reader(),
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=OPS,
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-        activation_type=QuantType.QUInt8,
-        use_external_data_format=large,
-    )
+    with _without_pre_processing_advice():
+        quantize_static(
+            source,
+            dest,
+            _Reader(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=OPS,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+            use_external_data_format=large,
+        )
     return "static-qdq"
+
+
+class _PreProcessingAdvice(logging.Filter):
+    """Drops ONNX Runtime's "consider pre-processing before quantization" warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_pre_processing_advice() -> Iterator[None]:
+    """Silence one warning of ``quantize_static``, which it gives for every graph not run through
+    ``quant_pre_process``. That step optimises the graph with ONNX Runtime, which inlines
+    trimformer's functions: their MatMuls would then be quantized, and the token matching would
+    no longer run in fp32. Skipping it is deliberate, so the advice is noise to a user."""
+    advice = _PreProcessingAdvice()
+    root = logging.getLogger()
+    root.addFilter(advice)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
