@@ -213,22 +213,23 @@ def openvino_core():
 
 
 @functools.cache
-def openvino_merge(r: int, protected: int, channels: int, metric_channels: int):
-    """The one-node merge model read by OpenVINO's ONNX frontend (the node mapped to the fused
-    op) and compiled for its CPU at fp32."""
+def openvino_compiled(name: str, attrs: tuple, dims: tuple):
+    """The one-node model of op ``name`` read by OpenVINO's ONNX frontend (the node mapped to
+    the fused op) and compiled for its CPU at fp32; cached per attributes and input dims."""
     import openvino
 
-    core = openvino_core()
-    proto = merge_model(r, protected, channels, metric_channels).SerializeToString()
-    model = core.read_model(proto, openvino.Tensor(np.zeros(0, np.uint8)))
-    assert [op.get_type_name() for op in model.get_ordered_ops()].count("BipartiteMerge") == 1
+    proto = op_model(name, dict(attrs), {n: list(d) for n, d in dims}).SerializeToString()
+    model = openvino_core().read_model(proto, openvino.Tensor(np.zeros(0, np.uint8)))
+    assert [op.get_type_name() for op in model.get_ordered_ops()].count(name) == 1
     config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1}
-    return core.compile_model(model, "CPU", config)
+    return openvino_core().compile_model(model, "CPU", config)
 
 
-def openvino_face(x, metric, size, r, protected):
-    compiled = openvino_merge(r, protected, x.shape[2], metric.shape[2])
-    results = compiled.create_infer_request().infer({"x": x, "metric": metric, "size": size})
+def openvino_face(name: str, attrs: dict, inputs: dict[str, np.ndarray]):
+    """Op ``name``'s fused OpenVINO face on inputs shaped [B,N,...]."""
+    dims = tuple((n, ("B", "N", *a.shape[2:])) for n, a in inputs.items())
+    compiled = openvino_compiled(name, tuple(sorted(attrs.items())), dims)
+    results = compiled.create_infer_request().infer(inputs)
     return tuple(results[port] for port in compiled.outputs)
 
 
@@ -242,7 +243,10 @@ def assert_faces_agree(x, metric, size, r, protected):
         "onnx": onnx_face(x, metric, size, r, protected),
     }
     if openvino_core() is not None:
-        faces["openvino"] = openvino_face(x, metric, size, r, protected)
+        inputs = {"x": x, "metric": metric, "size": size}
+        faces["openvino"] = openvino_face(
+            "BipartiteMerge", {"r": r, "protected": protected}, inputs
+        )
     for face, (got_x, got_s) in faces.items():
         assert got_x.shape == (x.shape[0], n_out, x.shape[2]), face
         assert got_s.shape == (x.shape[0], n_out, 1), face
@@ -536,7 +540,8 @@ FUSED_RTOL = 1e-6
 
 
 def topk_faces_agree(x, scores, size, k, protected, fuse):
-    """TopKSelect: torch == ONNX (ORT) == naive, and the output count is the spec's static count."""
+    """TopKSelect: torch == ONNX (ORT) == OpenVINO's fused op == naive, and the output count is
+    the spec's static count."""
     attrs = {"k": k, "protected": protected, "fuse": fuse}
     TOPK.validate(attrs, x.shape[1])
     n_out = TOPK.output_tokens(x.shape[1], attrs)
@@ -548,6 +553,9 @@ def topk_faces_agree(x, scores, size, k, protected, fuse):
         "torch": tuple(t.numpy() for t in torch_out),
         "onnx": run_function("TopKSelect", attrs, {"x": x, "scores": scores, "size": size}),
     }
+    if openvino_core() is not None:
+        inputs = {"x": x, "scores": scores, "size": size}
+        faces["openvino"] = openvino_face("TopKSelect", attrs, inputs)
     for face, (got_x, got_s) in faces.items():
         assert got_x.shape == (x.shape[0], n_out, x.shape[2]), face
         assert got_s.shape == (x.shape[0], n_out, 1), face

@@ -5,10 +5,15 @@
 #include <openvino/frontend/onnx/extension/op.hpp>
 
 #include "bipartite_merge.hpp"
+#include "topk_select.hpp"
 
 OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>({
     std::make_shared<ov::OpExtension<trimformer::BipartiteMerge>>(),
     std::make_shared<ov::frontend::onnx::OpExtension<trimformer::BipartiteMerge>>(
         "BipartiteMerge", "trimformer",
         std::map<std::string, std::string>{{"r", "r"}, {"protected", "protected"}}),
+    std::make_shared<ov::OpExtension<trimformer::TopKSelect>>(),
+    std::make_shared<ov::frontend::onnx::OpExtension<trimformer::TopKSelect>>(
+        "TopKSelect", "trimformer",
+        std::map<std::string, std::string>{{"k", "k"}, {"protected", "protected"}, {"fuse", "fuse"}}),
 }));
