@@ -2,11 +2,18 @@
 // unprotected even one) against B (odd), each A token's first best B, A ranked by it (stable,
 // descending), the first r merged into their B by size-weighted average. fp32 throughout: the
 // matching decides which tokens survive.
+//
+// Per row: the metric L2-normalised (A row-major, B transposed), each A token's best B from
+// register tiles of scores that vectorise across B, then the ranking and the merge. Rows run in
+// parallel; within a row, splitting the tiles over threads cost more than it saved at batch 1
+// (2-thread Xeon: 15 vs 9 us at 54 tokens, equal at 197).
 #include "bipartite_merge.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include <openvino/core/parallel.hpp>
@@ -17,50 +24,97 @@ namespace {
 
 constexpr float kNormEps = 1e-12f;
 
-struct Shape3 {
-    size_t batch, tokens, channels;
+// Where A and B lie in one row of n tokens with p protected (the spec's split).
+struct Split {
+    size_t a0, b0, n_a, n_b;
+
+    Split(size_t n, size_t p) {
+        const size_t odd = p % 2;
+        a0 = p + odd;
+        b0 = p + 1 - odd;
+        n_a = a0 < n ? (n - a0 + 1) / 2 : 0;
+        n_b = b0 < n ? (n - b0 + 1) / 2 : 0;
+    }
 };
 
-// One batch row of the merge. x: [N,C], metric: [N,Cm], size: [N]; x_out: [N-r,C], s_out: [N-r].
-// Cloned for AVX-512 and AVX2 beside the baseline, picked at load time by the CPU it runs on.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void merge_row(const float* x, const float* metric, const float* size, const Shape3& xs,
-               size_t metric_channels, size_t r, size_t protected_tokens, float* x_out,
-               float* s_out) {
-    const size_t n = xs.tokens, c = xs.channels, cm = metric_channels;
-    const size_t odd = protected_tokens % 2;
-    const size_t a0 = protected_tokens + odd, b0 = protected_tokens + 1 - odd;
-    const size_t n_a = a0 < n ? (n - a0 + 1) / 2 : 0;
-    const size_t n_b = b0 < n ? (n - b0 + 1) / 2 : 0;
+// The score kernel's tile: kRows A tokens against kLanes B tokens (one AVX-512 vector), with
+// B padded to whole tiles by zero columns and A by zero rows (neither is ever chosen).
+constexpr size_t kLanes = 16, kRows = 8;
+typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
 
-    // The L2-normalised metric, divided as the spec divides (so exact ties stay exact)
-    std::vector<float> unit(n * cm);
-    for (size_t t = 0; t < n; ++t) {
+size_t padded(size_t n, size_t tile) { return (n + tile - 1) / tile * tile; }
+
+// scores[i, j] = unit_a[i] · unit_bt[:, j] for kRows A rows (unit_a: [kRows, cm]) and every
+// padded B column (unit_bt: [cm, b_pad]; scores: [kRows, b_pad]). Each tile accumulates over
+// the metric channels in order, in registers, so the loop vectorises across B with no
+// horizontal sum, and equal vectors score exactly equal. Cloned for AVX-512 and AVX2 beside the
+// baseline, picked at load time by the CPU it runs on.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void score_tile(
+    const float* unit_a, const float* unit_bt, size_t cm, size_t b_pad, float* scores) {
+    for (size_t j = 0; j < b_pad; j += kLanes) {
+        Lanes acc[kRows] = {};
+        for (size_t k = 0; k < cm; ++k) {
+            Lanes column;
+            __builtin_memcpy(&column, unit_bt + k * b_pad + j, sizeof(column));
+            for (size_t i = 0; i < kRows; ++i) acc[i] += unit_a[i * cm + k] * column;
+        }
+        for (size_t i = 0; i < kRows; ++i)
+            __builtin_memcpy(scores + i * b_pad + j, &acc[i], sizeof(Lanes));
+    }
+}
+
+// The first j < n_b of the maximum of scores[0:n_b], and that maximum.
+std::pair<size_t, float> first_max(const float* scores, size_t n_b) {
+    size_t arg = 0;
+    float top = -INFINITY;
+    for (size_t j = 0; j < n_b; ++j) {
+        if (scores[j] > top) {  // strict: the first maximum wins
+            top = scores[j];
+            arg = j;
+        }
+    }
+    return {arg, top};
+}
+
+// Each A token's first best B and its score. metric: [N,Cm] of one row.
+void match_row(const float* metric, size_t n, size_t cm, size_t p, const Split& ab, float* best,
+               size_t* best_b) {
+    // The unit metric, divided as the spec divides (so exact ties stay exact): A as padded
+    // [a_pad, cm] rows, B transposed to padded [cm, b_pad].
+    const size_t a_pad = padded(ab.n_a, kRows), b_pad = padded(ab.n_b, kLanes);
+    std::vector<float> unit_a(a_pad * cm, 0.f), unit_bt(cm * b_pad, 0.f), scores(kRows * b_pad);
+    for (size_t t = p; t < n; ++t) {
         const float* m = metric + t * cm;
         float sq = 0.f;
 #pragma omp simd reduction(+ : sq)
         for (size_t k = 0; k < cm; ++k) sq += m[k] * m[k];
         const float norm = std::max(std::sqrt(sq), kNormEps);
-        for (size_t k = 0; k < cm; ++k) unit[t * cm + k] = m[k] / norm;
-    }
-    std::vector<float> best(n_a, -INFINITY);
-    std::vector<size_t> best_b(n_a, 0);
-    for (size_t i = 0; i < n_a; ++i) {
-        const float* ua = unit.data() + (a0 + 2 * i) * cm;
-        for (size_t j = 0; j < n_b; ++j) {
-            const float* ub = unit.data() + (b0 + 2 * j) * cm;
-            float score = 0.f;
-#pragma omp simd reduction(+ : score)
-            for (size_t k = 0; k < cm; ++k) score += ua[k] * ub[k];
-            if (score > best[i]) {  // strict: the first maximum wins
-                best[i] = score;
-                best_b[i] = j;
-            }
+        if (t >= ab.a0 && (t - ab.a0) % 2 == 0) {
+            float* row = unit_a.data() + (t - ab.a0) / 2 * cm;
+            for (size_t k = 0; k < cm; ++k) row[k] = m[k] / norm;
+        } else {
+            float* column = unit_bt.data() + (t - ab.b0) / 2;
+            for (size_t k = 0; k < cm; ++k) column[k * b_pad] = m[k] / norm;
         }
     }
-    std::vector<size_t> order(n_a);
+    for (size_t i0 = 0; i0 < ab.n_a; i0 += kRows) {
+        score_tile(unit_a.data() + i0 * cm, unit_bt.data(), cm, b_pad, scores.data());
+        for (size_t i = i0; i < std::min(i0 + kRows, ab.n_a); ++i)
+            std::tie(best_b[i], best[i]) = first_max(scores.data() + (i - i0) * b_pad, ab.n_b);
+    }
+}
+
+// One batch row of the merge. x: [N,C], metric: [N,Cm], size: [N]; x_out: [N-r,C], s_out: [N-r].
+void merge_row(const float* x, const float* metric, const float* size, size_t n, size_t c,
+               size_t cm, size_t r, size_t p, float* x_out, float* s_out) {
+    const Split ab(n, p);
+    std::vector<float> best(ab.n_a);
+    std::vector<size_t> best_b(ab.n_a);
+    match_row(metric, n, cm, p, ab, best.data(), best_b.data());
+    std::vector<size_t> order(ab.n_a);
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(),
-                     [&](size_t p, size_t q) { return best[p] > best[q]; });
+                     [&](size_t i, size_t j) { return best[i] > best[j]; });
     std::sort(order.begin() + r, order.end());  // the unmerged A tokens, ascending
 
     size_t row = 0;
@@ -68,25 +122,25 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void merge_row(cons
         std::copy(x + t * c, x + (t + 1) * c, x_out + row * c);
         s_out[row++] = size[t];
     };
-    for (size_t t = 0; t < protected_tokens; ++t) copy_token(t);
-    for (size_t k = r; k < n_a; ++k) copy_token(a0 + 2 * order[k]);
+    for (size_t t = 0; t < p; ++t) copy_token(t);
+    for (size_t k = r; k < ab.n_a; ++k) copy_token(ab.a0 + 2 * order[k]);
 
     // B tokens: sum(x·size) and sum(size) over themselves and what merges into them
     float* merged_x = x_out + row * c;
     float* merged_s = s_out + row;
-    for (size_t j = 0; j < n_b; ++j) {
-        const size_t tb = b0 + 2 * j;
+    for (size_t j = 0; j < ab.n_b; ++j) {
+        const size_t tb = ab.b0 + 2 * j;
         const float s = size[tb];
-        for (size_t k = 0; k < c; ++k) merged_x[j * c + k] = x[tb * c + k] * s;
+        for (size_t q = 0; q < c; ++q) merged_x[j * c + q] = x[tb * c + q] * s;
         merged_s[j] = s;
     }
     for (size_t k = 0; k < r; ++k) {
-        const size_t i = order[k], ta = a0 + 2 * i, j = best_b[i];
+        const size_t i = order[k], ta = ab.a0 + 2 * i, j = best_b[i];
         const float s = size[ta];
         for (size_t q = 0; q < c; ++q) merged_x[j * c + q] += x[ta * c + q] * s;
         merged_s[j] += s;
     }
-    for (size_t j = 0; j < n_b; ++j) {
+    for (size_t j = 0; j < ab.n_b; ++j) {
         const float inv = 1.f / merged_s[j];
         for (size_t q = 0; q < c; ++q) merged_x[j * c + q] *= inv;
     }
@@ -141,21 +195,19 @@ bool BipartiteMerge::has_evaluate() const {
 
 bool BipartiteMerge::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
     const auto& xs = inputs[0].get_shape();
-    const Shape3 shape{xs[0], xs[1], xs[2]};
-    const size_t cm = inputs[1].get_shape()[2];
+    const size_t batch = xs[0], n = xs[1], c = xs[2], cm = inputs[1].get_shape()[2];
     const size_t r = static_cast<size_t>(m_r), p = static_cast<size_t>(m_protected);
-    const size_t out_tokens = shape.tokens - r;
-    outputs[0].set_shape({shape.batch, out_tokens, shape.channels});
-    outputs[1].set_shape({shape.batch, out_tokens, 1});
+    const size_t out_tokens = n - r;
+    outputs[0].set_shape({batch, out_tokens, c});
+    outputs[1].set_shape({batch, out_tokens, 1});
     const float* x = inputs[0].data<const float>();
     const float* metric = inputs[1].data<const float>();
     const float* size = inputs[2].data<const float>();
     float* x_out = outputs[0].data<float>();
     float* s_out = outputs[1].data<float>();
-    ov::parallel_for(shape.batch, [&](size_t b) {
-        merge_row(x + b * shape.tokens * shape.channels, metric + b * shape.tokens * cm,
-                  size + b * shape.tokens, shape, cm, r, p, x_out + b * out_tokens * shape.channels,
-                  s_out + b * out_tokens);
+    ov::parallel_for(batch, [&](size_t b) {
+        merge_row(x + b * n * c, metric + b * n * cm, size + b * n, n, c, cm, r, p,
+                  x_out + b * out_tokens * c, s_out + b * out_tokens);
     });
     return true;
 }
