@@ -24,6 +24,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
@@ -68,13 +69,19 @@ def eager_models(model_id: str, r: int) -> tuple[torch.nn.Module, torch.nn.Modul
     return adapter.insert(loaded.model, plan.reducer).eval(), loaded.model
 
 
-def control_session(model_id: str, r: int, threads: int | None) -> ort.InferenceSession:
+def control_graph(model_id: str, r: int) -> onnx.ModelProto:
+    """The slice control as an ONNX graph: ToMe r's per-layer token counts, no merge op."""
     loaded, adapter, plan = tome_plan(model_id, r)
     reducer = SliceReducer(plan.reducer.r_per_layer, plan.reducer.protected, False)
     module = adapter.insert(loaded.model, reducer).eval()
     example = torch.randn(2, *loaded.preprocess["input_size"])
     with adapter.export_patches(module):
         graph, _ = export_onnx(module, GraphIO.image(example), 20)
+    return graph
+
+
+def control_session(model_id: str, r: int, threads: int | None) -> ort.InferenceSession:
+    graph = control_graph(model_id, r)
     options = ort.SessionOptions()
     options.add_session_config_entry("session.force_spinning_stop", "1")  # as bench
     if threads:
