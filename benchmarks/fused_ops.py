@@ -65,16 +65,43 @@ def _sessions(bundle: Path, threads: int) -> dict[tuple[str, str], object]:
 
 
 def _controls(model_id: str, config: ReductionConfig, threads: int, work: Path) -> dict:
-    """(precision, "slice control") -> the compiled slice control, for ToMe; else nothing."""
+    """For ToMe, (precision, variant) -> run(x) of its controls: the slice control, and ToMe
+    without proportional attention (fused ops); for other methods nothing."""
     if config.method != "tome":
         return {}
-    path = work / f"{model_id}-slice-control-r{config.params['r']}.onnx"
-    onnx.save(control_graph(model_id, config.params["r"]), path)
+    r = config.params["r"]
+    path = work / f"{model_id}-slice-control-r{r}.onnx"
+    onnx.save(control_graph(model_id, r), path)
+    plain = work / f"{model_id}-tome-r{r}-no-proportional-attention"
+    params = {"r": r, "proportional_attention": False}
+    export_bundle(ExportRequest(model_id, plain, ReductionConfig("tome", params), force=True))
     controls = {}
     for precision in PRECISIONS:
         graph = OpenVinoBackend(threads=threads, precision=precision).open(path, "control")
-        controls[precision, "slice control"] = graph
+        controls[precision, "slice control"] = partial(_run_graph, graph)
+        session = load(plain, threads=threads, backend="openvino", precision=precision)
+        controls[precision, "no proportional attention"] = session.run
     return controls
+
+
+def _run_graph(graph, x: np.ndarray) -> object:
+    return graph.run({graph.input_names[0]: x})
+
+
+def _node_times(bundle: Path, model_id: str, r: int, threads: int, work: Path) -> dict:
+    """bf16 batch 1: ms per run in each kind of OpenVINO node, full / fused ToMe / control."""
+    backend = OpenVinoBackend(threads=threads, precision="bf16", extensions="fused", profile=True)
+    files = {
+        "full": bundle / "full.onnx",
+        "fused": bundle / "model.onnx",
+        "slice control": work / f"{model_id}-slice-control-r{r}.onnx",
+    }
+    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    spent = {}
+    for variant, file in files.items():
+        graph = backend.open(file, variant)
+        spent[variant] = graph.node_times({graph.input_names[0]: x}, runs=20)
+    return spent
 
 
 def _fused_vs_decomposed(sessions: dict, x: np.ndarray) -> float:
@@ -95,8 +122,7 @@ def run(model_id: str, runs: int, threads: int, work: Path) -> list[dict]:
         for batch in (1, 8):
             x = np.random.default_rng(1).standard_normal((batch, 3, 224, 224)).astype(np.float32)
             calls = {f"{p} {v}": partial(s.run, x) for (p, v), s in sessions.items()}
-            for (p, v), graph in controls.items():
-                calls[f"{p} {v}"] = partial(graph.run, {graph.input_names[0]: x})
+            calls |= {f"{p} {v}": partial(run, x) for (p, v), run in controls.items()}
             p50 = time_interleaved(calls, runs if batch == 1 else max(runs // 4, 5))
             row = {
                 "model": model_id,
@@ -117,10 +143,9 @@ def run(model_id: str, runs: int, threads: int, work: Path) -> list[dict]:
                     "speedup_decomposed": full / decomposed,
                     "fused_of_flops_ratio": full / fused / flops_ratio,
                 }
-                control = p50.get(f"{precision} slice control")
-                if control is not None:
-                    figures["slice_control_ms_p50"] = control
-                    figures["speedup_slice_control"] = full / control
+                for control in ("slice control", "no proportional attention"):
+                    if (ms := p50.get(f"{precision} {control}")) is not None:
+                        figures[f"{control.replace(' ', '_')}_ms_p50"] = ms
                 print(
                     f"{label} b{batch} {precision}: "
                     + ", ".join(
@@ -129,6 +154,10 @@ def run(model_id: str, runs: int, threads: int, work: Path) -> list[dict]:
                         if key.endswith("_ms_p50")
                     )
                     + f"; FLOPs ratio {flops_ratio:.2f}x"
+                )
+            if controls and batch == 1:
+                row["bf16_node_ms"] = _node_times(
+                    bundle, model_id, config.params["r"], threads, work
                 )
             rows.append(row)
         for session in sessions.values():

@@ -19,6 +19,7 @@ from trimformer.runtime.bench import random_inputs
 
 openvino = pytest.importorskip("openvino")
 
+from trimformer.runtime.openvino_backend import OpenVinoBackend  # noqa: E402
 from trimformer.runtime.openvino_ext import (  # noqa: E402  (after the importorskip)
     FUSED_OPS,
     ExtensionInfo,
@@ -122,3 +123,14 @@ def test_openvino_build_and_status_commands(monkeypatch, tmp_path, capsys) -> No
 def test_unknown_extensions_mode_is_one_line(capsys) -> None:
     with pytest.raises(UsageError, match="unknown extensions mode 'fast'"):
         add_extensions(openvino.Core(), "fast")
+
+
+def test_node_times_attribute_the_fused_merge(tome_bundle) -> None:
+    feed = random_inputs(load(tome_bundle).inputs, 1)
+    backend = OpenVinoBackend(threads=1, extensions="fused", profile=True)
+    spent = backend.open(tome_bundle / "model.onnx", "model").node_times(feed, runs=2)
+    assert spent["Reference"] > 0  # the fused BipartiteMerge calls
+    assert "FullyConnected" in spent and list(spent.values()) == sorted(spent.values())[::-1]
+    unprofiled = OpenVinoBackend(threads=1).open(tome_bundle / "model.onnx", "model")
+    with pytest.raises(UsageError, match="open with profile"):
+        unprofiled.node_times(feed)

@@ -1,11 +1,11 @@
 """The OpenVINO backend of ``Session``: compiles a bundle graph for an OpenVINO device.
 
-The bundle's ONNX graphs load as they are: trimformer's extension (``openvino_ext``) maps every
-``trimformer``-domain node to a fused C++ op, or, without the compiled library, to OpenVINO
-opset ops built from the op's ONNX function. fp32 and bf16 are OpenVINO's inference precision
-(``INFERENCE_PRECISION_HINT``), as is fp16 (iGPU, NPU); OpenVINO's CPU plugin would pick bf16 by
-itself on an AMX CPU, so fp32 is always set explicitly. int8 graphs (NNCF, ``trimformer
-quantize``) are OpenVINO IR.
+The bundle's ONNX graphs load as they are: trimformer's extension (``openvino_ext``) maps each
+``trimformer``-domain node that has a fused C++ op to it, and the others (or all, without the
+compiled library) to OpenVINO opset ops built from the op's ONNX function. fp32 and bf16 are
+OpenVINO's inference precision (``INFERENCE_PRECISION_HINT``), as is fp16 (iGPU, NPU); OpenVINO's
+CPU plugin would pick bf16 by itself on an AMX CPU, so fp32 is always set explicitly. int8
+graphs (NNCF, ``trimformer quantize``) are OpenVINO IR.
 
 A graph of a dynamic batch is compiled for each batch size it is run at (OpenVINO's static-shape
 kernels are much faster than its dynamic-shape path). An ``InferRequest`` serves one call at a
@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,7 @@ class _OpenVinoGraph:
             self._variant(())
 
     def run(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        shapes = () if self._static else tuple(tuple(feed[n].shape) for n in self.input_names)
-        compiled, free = self._variant(shapes)
+        compiled, free = self._variant(self._shapes(feed))
         try:
             request = free.get_nowait()
         except queue.Empty:
@@ -81,6 +81,25 @@ class _OpenVinoGraph:
         finally:
             free.put(request)
         return [results[port] for port in compiled.outputs]
+
+    def node_times(self, feed: Mapping[str, np.ndarray], runs: int = 10) -> dict[str, float]:
+        """Mean ms per run spent in each kind of executed node (OpenVINO's performance
+        counters; the backend must be opened with ``profile``), over ``runs`` runs after one
+        warm-up run, largest first. A fused trimformer op is kind "Reference"."""
+        if not self._config.get("PERF_COUNT"):
+            raise UsageError("node_times needs OpenVINO's performance counters: open with profile")
+        request = self._variant(self._shapes(feed))[0].create_infer_request()
+        request.infer(dict(feed))
+        spent: Counter[str] = Counter()
+        for _ in range(runs):
+            request.infer(dict(feed))
+            for node in request.profiling_info:
+                if node.status == node.Status.EXECUTED:
+                    spent[node.node_type] += node.real_time.total_seconds() * 1e3 / runs
+        return dict(spent.most_common())
+
+    def _shapes(self, feed: Mapping[str, np.ndarray]) -> tuple[tuple[int, ...], ...]:
+        return () if self._static else tuple(tuple(feed[n].shape) for n in self.input_names)
 
     def _variant(self, shapes: tuple[tuple[int, ...], ...]) -> tuple[Any, queue.SimpleQueue[Any]]:
         """The model compiled for ``shapes`` (one per input; () for a static model)."""
