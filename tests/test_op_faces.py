@@ -740,7 +740,8 @@ DIVERSE = get_op("DiverseSelect")
 
 
 def diverse_faces_agree(x, features, size, k, protected):
-    """DiverseSelect: torch == ONNX (ORT) == naive, and the output count is the static count."""
+    """DiverseSelect: torch == ONNX (ORT) == OpenVINO's fused op == naive, and the output
+    count is the static count."""
     attrs = {"k": k, "protected": protected}
     DIVERSE.validate(attrs, x.shape[1])
     n_out = DIVERSE.output_tokens(x.shape[1], attrs)
@@ -753,6 +754,8 @@ def diverse_faces_agree(x, features, size, k, protected):
         "torch": tuple(t.numpy() for t in torch_out),
         "onnx": run_function("DiverseSelect", attrs, inputs),
     }
+    if openvino_core() is not None:
+        faces["openvino"] = openvino_face("DiverseSelect", attrs, inputs)
     for face, (got_x, got_s) in faces.items():
         assert got_x.shape == (x.shape[0], n_out, x.shape[2]), face
         assert got_s.shape == (x.shape[0], n_out, 1), face

@@ -10,10 +10,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import TINY_BUNDLE_MODEL, TINY_BUNDLE_SIZE
 from test_cli import cli
 
 from trimformer.errors import UsageError
+from trimformer.exporter import ExportRequest, export_bundle
 from trimformer.ops.registry import DOMAIN, get_op
+from trimformer.profiles import ReductionConfig
 from trimformer.runtime import load
 from trimformer.runtime.bench import random_inputs
 
@@ -42,16 +45,34 @@ def test_the_library_fuses_each_op_at_its_registered_version() -> None:
         assert get_op(name).version == version, name
 
 
-def test_fused_and_decomposed_reads_match_onnx_runtime(tome_bundle) -> None:
-    pixels = random_inputs(load(tome_bundle).inputs, 2)["pixel_values"]
-    with load(tome_bundle) as session:
+@pytest.fixture(scope="module")
+def op_bundles(tome_bundle, tmp_path_factory) -> dict[str, Path]:
+    """A DeiT-Ti bundle per fused op: ToMe (BipartiteMerge), EViT (TopKSelect), DivPrune
+    (DiverseSelect)."""
+    bundles = {"BipartiteMerge": tome_bundle}
+    for op_name, config in {
+        "TopKSelect": ReductionConfig("evit", {"keep": 0.7}),
+        "DiverseSelect": ReductionConfig("divprune", {"keep": 0.7}),
+    }.items():
+        path = tmp_path_factory.mktemp("bundles") / config.method
+        export_bundle(ExportRequest(TINY_BUNDLE_MODEL, path, config, image_size=TINY_BUNDLE_SIZE))
+        bundles[op_name] = path
+    return bundles
+
+
+@pytest.mark.parametrize("op_name", list(FUSED_OPS))
+def test_fused_and_decomposed_reads_match_onnx_runtime(op_bundles, op_name: str) -> None:
+    bundle = op_bundles[op_name]
+    pixels = random_inputs(load(bundle).inputs, 2)["pixel_values"]
+    with load(bundle) as session:
         expected = session.run(pixels)["logits"]
-    graph = onnx.load(str(tome_bundle / "model.onnx"), load_external_data=False).graph
-    calls = sum(node.op_type == "BipartiteMerge" for node in graph.node)
-    for mode, merges in (("fused", calls), ("decomposed", 0)):
+    graph = onnx.load(str(bundle / "model.onnx"), load_external_data=False).graph
+    calls = sum(node.op_type == op_name for node in graph.node)
+    assert calls > 0
+    for mode, fused in (("fused", calls), ("decomposed", 0)):
         core = openvino.Core()
-        model = read_model(core, tome_bundle / "model.onnx", add_extensions(core, mode))
-        assert _types(model).get("BipartiteMerge", 0) == merges, mode
+        model = read_model(core, bundle / "model.onnx", add_extensions(core, mode))
+        assert _types(model).get(op_name, 0) == fused, mode
         compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         logits = compiled.create_infer_request().infer({0: pixels})[compiled.outputs[0]]
         np.testing.assert_allclose(logits, expected, atol=1e-4, err_msg=mode)

@@ -23,7 +23,7 @@ __all__ = ["FUSED_OPS", "build_library", "built_library", "library_path", "libra
 
 SOURCES = Path(__file__).parent / "csrc"
 LIBRARY_NAME = "libtrimformer_openvino.so"
-FUSED_OPS = {"BipartiteMerge": 2, "TopKSelect": 1}
+FUSED_OPS = {"BipartiteMerge": 2, "TopKSelect": 1, "DiverseSelect": 1}
 """The ops the library implements, at the op version its C++ face implements (its type version
 string is ``trimformer_v<version>``)."""
 

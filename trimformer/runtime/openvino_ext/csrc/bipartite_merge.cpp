@@ -4,7 +4,7 @@
 // matching decides which tokens survive.
 //
 // Per row: the metric L2-normalised (A row-major, B transposed), each A token's best B from
-// register tiles of scores that vectorise across B, then the ranking and the merge. Rows run in
+// similarity tiles (similarity.hpp), then the ranking and the merge. Rows run in
 // parallel; within a row, splitting the tiles over threads cost more than it saved at batch 1
 // (2-thread Xeon: 15 vs 9 us at 54 tokens, equal at 197).
 #include "bipartite_merge.hpp"
@@ -18,11 +18,11 @@
 
 #include <openvino/core/parallel.hpp>
 
+#include "similarity.hpp"
+
 namespace trimformer {
 
 namespace {
-
-constexpr float kNormEps = 1e-12f;
 
 // Where A and B lie in one row of n tokens with p protected (the spec's split).
 struct Split {
@@ -36,32 +36,6 @@ struct Split {
         n_b = b0 < n ? (n - b0 + 1) / 2 : 0;
     }
 };
-
-// The score kernel's tile: kRows A tokens against kLanes B tokens (one AVX-512 vector), with
-// B padded to whole tiles by zero columns and A by zero rows (neither is ever chosen).
-constexpr size_t kLanes = 16, kRows = 8;
-typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
-
-size_t padded(size_t n, size_t tile) { return (n + tile - 1) / tile * tile; }
-
-// scores[i, j] = unit_a[i] · unit_bt[:, j] for kRows A rows (unit_a: [kRows, cm]) and every
-// padded B column (unit_bt: [cm, b_pad]; scores: [kRows, b_pad]). Each tile accumulates over
-// the metric channels in order, in registers, so the loop vectorises across B with no
-// horizontal sum, and equal vectors score exactly equal. Cloned for AVX-512 and AVX2 beside the
-// baseline, picked at load time by the CPU it runs on.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void score_tile(
-    const float* unit_a, const float* unit_bt, size_t cm, size_t b_pad, float* scores) {
-    for (size_t j = 0; j < b_pad; j += kLanes) {
-        Lanes acc[kRows] = {};
-        for (size_t k = 0; k < cm; ++k) {
-            Lanes column;
-            __builtin_memcpy(&column, unit_bt + k * b_pad + j, sizeof(column));
-            for (size_t i = 0; i < kRows; ++i) acc[i] += unit_a[i * cm + k] * column;
-        }
-        for (size_t i = 0; i < kRows; ++i)
-            __builtin_memcpy(scores + i * b_pad + j, &acc[i], sizeof(Lanes));
-    }
-}
 
 // The first j < n_b of the maximum of scores[0:n_b], and that maximum.
 std::pair<size_t, float> first_max(const float* scores, size_t n_b) {
@@ -79,27 +53,19 @@ std::pair<size_t, float> first_max(const float* scores, size_t n_b) {
 // Each A token's first best B and its score. metric: [N,Cm] of one row.
 void match_row(const float* metric, size_t n, size_t cm, size_t p, const Split& ab, float* best,
                size_t* best_b) {
-    // The unit metric, divided as the spec divides (so exact ties stay exact): A as padded
-    // [a_pad, cm] rows, B transposed to padded [cm, b_pad].
-    const size_t a_pad = padded(ab.n_a, kRows), b_pad = padded(ab.n_b, kLanes);
-    std::vector<float> unit_a(a_pad * cm, 0.f), unit_bt(cm * b_pad, 0.f), scores(kRows * b_pad);
+    // The unit metric: A as padded [a_pad, cm] rows, B transposed to padded [cm, b_pad].
+    const size_t a_pad = padded(ab.n_a, kTileRows), b_pad = padded(ab.n_b, kTileLanes);
+    std::vector<float> unit_a(a_pad * cm, 0.f), unit_bt(cm * b_pad, 0.f);
+    std::vector<float> scores(kTileRows * b_pad);
     for (size_t t = p; t < n; ++t) {
-        const float* m = metric + t * cm;
-        float sq = 0.f;
-#pragma omp simd reduction(+ : sq)
-        for (size_t k = 0; k < cm; ++k) sq += m[k] * m[k];
-        const float norm = std::max(std::sqrt(sq), kNormEps);
-        if (t >= ab.a0 && (t - ab.a0) % 2 == 0) {
-            float* row = unit_a.data() + (t - ab.a0) / 2 * cm;
-            for (size_t k = 0; k < cm; ++k) row[k] = m[k] / norm;
-        } else {
-            float* column = unit_bt.data() + (t - ab.b0) / 2;
-            for (size_t k = 0; k < cm; ++k) column[k * b_pad] = m[k] / norm;
-        }
+        if (t >= ab.a0 && (t - ab.a0) % 2 == 0)
+            write_unit(metric + t * cm, cm, unit_a.data() + (t - ab.a0) / 2 * cm, 1);
+        else
+            write_unit(metric + t * cm, cm, unit_bt.data() + (t - ab.b0) / 2, b_pad);
     }
-    for (size_t i0 = 0; i0 < ab.n_a; i0 += kRows) {
+    for (size_t i0 = 0; i0 < ab.n_a; i0 += kTileRows) {
         score_tile(unit_a.data() + i0 * cm, unit_bt.data(), cm, b_pad, scores.data());
-        for (size_t i = i0; i < std::min(i0 + kRows, ab.n_a); ++i)
+        for (size_t i = i0; i < std::min(i0 + kTileRows, ab.n_a); ++i)
             std::tie(best_b[i], best[i]) = first_max(scores.data() + (i - i0) * b_pad, ab.n_b);
     }
 }

@@ -5,6 +5,7 @@
 #include <openvino/frontend/onnx/extension/op.hpp>
 
 #include "bipartite_merge.hpp"
+#include "diverse_select.hpp"
 #include "topk_select.hpp"
 
 OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>({
@@ -16,4 +17,8 @@ OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>({
     std::make_shared<ov::frontend::onnx::OpExtension<trimformer::TopKSelect>>(
         "TopKSelect", "trimformer",
         std::map<std::string, std::string>{{"k", "k"}, {"protected", "protected"}, {"fuse", "fuse"}}),
+    std::make_shared<ov::OpExtension<trimformer::DiverseSelect>>(),
+    std::make_shared<ov::frontend::onnx::OpExtension<trimformer::DiverseSelect>>(
+        "DiverseSelect", "trimformer",
+        std::map<std::string, std::string>{{"k", "k"}, {"protected", "protected"}}),
 }));
