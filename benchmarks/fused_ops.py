@@ -1,8 +1,9 @@
 """What OpenVINO's fused C++ ops buy over the same ops decomposed into opset ops, per method.
 
-For each method whose op has a fused face (ToMe -> BipartiteMerge, EViT -> TopKSelect), export
-DeiT-S (random weights: speed does not depend on them) and time, at batch 1 and 8, in one
-rotating loop in one process, on OpenVINO fp32 and bf16:
+For each op, its method's ready DeiT-S profile (ToMe r=13 -> BipartiteMerge, EViT keep 0.7 ->
+TopKSelect, DivPrune keep 0.5 -> DiverseSelect), exported with random weights (speed does not
+depend on them) and timed, at batch 1 and 8, in one rotating loop in one process, on OpenVINO
+fp32 and bf16:
 
     full   reduced (fused ops)   reduced (decomposed ops)   [ToMe: slice control]
 
@@ -30,14 +31,15 @@ import onnx
 from tome_speedup import control_graph, time_interleaved
 
 from trimformer.exporter import ExportRequest, export_bundle
-from trimformer.profiles import ReductionConfig
+from trimformer.profiles import ReductionConfig, load_reduction_config
 from trimformer.runtime import load
 from trimformer.runtime.openvino_backend import OpenVinoBackend
 
 RESULTS = Path(__file__).parent / "results"
-METHODS = {
-    "tome r=13 (BipartiteMerge)": ReductionConfig("tome", {"r": 13}),
-    "evit keep=0.7 (TopKSelect)": ReductionConfig("evit", {"keep": 0.7}),
+METHODS = {  # label -> the method's ready DeiT-S profile
+    "tome r=13 (BipartiteMerge)": "deit-small-tome-r13",
+    "evit keep=0.7 (TopKSelect)": "deit-small-evit-keep0.7",
+    "divprune keep=0.5 (DiverseSelect)": "deit-small-divprune-keep0.5",
 }
 PRECISIONS = ("fp32", "bf16")
 VARIANTS = {  # variant -> (graph, extensions)
@@ -89,7 +91,8 @@ def _run_graph(graph, x: np.ndarray) -> object:
 
 
 def _node_times(bundle: Path, model_id: str, r: int, threads: int, work: Path) -> dict:
-    """bf16 batch 1: ms per run in each kind of OpenVINO node, full / fused ToMe / control."""
+    """bf16 batch 1: ms per run in each kind of OpenVINO node, full / fused ToMe / control
+    (the median of 7 rounds of 10 runs, the variants in turn)."""
     backend = OpenVinoBackend(threads=threads, precision="bf16", extensions="fused", profile=True)
     files = {
         "full": bundle / "full.onnx",
@@ -97,10 +100,15 @@ def _node_times(bundle: Path, model_id: str, r: int, threads: int, work: Path) -
         "slice control": work / f"{model_id}-slice-control-r{r}.onnx",
     }
     x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    spent = {}
-    for variant, file in files.items():
-        graph = backend.open(file, variant)
-        spent[variant] = graph.node_times({graph.input_names[0]: x}, runs=20)
+    graphs = {variant: backend.open(file, variant) for variant, file in files.items()}
+    rounds: dict[str, list[dict[str, float]]] = {variant: [] for variant in files}
+    for _ in range(7):  # the variants in turn, as the timing loop, against the machine's drift
+        for variant, graph in graphs.items():
+            rounds[variant].append(graph.node_times({graph.input_names[0]: x}, runs=10))
+    spent = {
+        variant: {kind: float(np.median([r.get(kind, 0.0) for r in runs])) for kind in runs[0]}
+        for variant, runs in rounds.items()
+    }
     return spent
 
 
@@ -113,7 +121,8 @@ def _fused_vs_decomposed(sessions: dict, x: np.ndarray) -> float:
 
 def run(model_id: str, runs: int, threads: int, work: Path) -> list[dict]:
     rows = []
-    for label, config in METHODS.items():
+    for label, profile in METHODS.items():
+        config = load_reduction_config(profile)
         bundle = work / f"{model_id}-{config.method}"
         manifest = export_bundle(ExportRequest(model_id, bundle, config, force=True))
         flops_ratio = manifest["graphs"]["full"]["flops"] / manifest["graphs"]["model"]["flops"]
