@@ -16,9 +16,8 @@
 #include <utility>
 #include <vector>
 
-#include <openvino/core/parallel.hpp>
-
 #include "similarity.hpp"
+#include "token_op.hpp"
 
 namespace trimformer {
 
@@ -70,30 +69,27 @@ void match_row(const float* metric, size_t n, size_t cm, size_t p, const Split& 
     }
 }
 
-// One batch row of the merge. x: [N,C], metric: [N,Cm], size: [N]; x_out: [N-r,C], s_out: [N-r].
-void merge_row(const float* x, const float* metric, const float* size, size_t n, size_t c,
-               size_t cm, size_t r, size_t p, float* x_out, float* s_out) {
+// One batch row of the merge (aux: the metric); x_out: [N-r,C].
+void merge_row(const TokenRow& row, size_t r, size_t p) {
+    const size_t n = row.n, c = row.c;
+    const float *x = row.x, *size = row.size;
     const Split ab(n, p);
     std::vector<float> best(ab.n_a);
     std::vector<size_t> best_b(ab.n_a);
-    match_row(metric, n, cm, p, ab, best.data(), best_b.data());
+    match_row(row.aux, n, row.aux_channels, p, ab, best.data(), best_b.data());
     std::vector<size_t> order(ab.n_a);
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(),
                      [&](size_t i, size_t j) { return best[i] > best[j]; });
     std::sort(order.begin() + r, order.end());  // the unmerged A tokens, ascending
 
-    size_t row = 0;
-    auto copy_token = [&](size_t t) {
-        std::copy(x + t * c, x + (t + 1) * c, x_out + row * c);
-        s_out[row++] = size[t];
-    };
-    for (size_t t = 0; t < p; ++t) copy_token(t);
-    for (size_t k = r; k < ab.n_a; ++k) copy_token(ab.a0 + 2 * order[k]);
+    size_t written = 0;
+    for (size_t t = 0; t < p; ++t) row.copy_token(t, written);
+    for (size_t k = r; k < ab.n_a; ++k) row.copy_token(ab.a0 + 2 * order[k], written);
 
     // B tokens: sum(x·size) and sum(size) over themselves and what merges into them
-    float* merged_x = x_out + row * c;
-    float* merged_s = s_out + row;
+    float* merged_x = row.x_out + written * c;
+    float* merged_s = row.s_out + written;
     for (size_t j = 0; j < ab.n_b; ++j) {
         const size_t tb = ab.b0 + 2 * j;
         const float s = size[tb];
@@ -120,27 +116,18 @@ BipartiteMerge::BipartiteMerge(const ov::OutputVector& args, int64_t r, int64_t 
 }
 
 void BipartiteMerge::validate_and_infer_types() {
-    NODE_VALIDATION_CHECK(this, get_input_size() == 3, "BipartiteMerge takes x, metric and size");
     NODE_VALIDATION_CHECK(this, m_r >= 0 && m_protected >= 0,
                           "BipartiteMerge: r and protected must be >= 0");
-    const auto& x = get_input_partial_shape(0);
-    auto x_out = x, s_out = get_input_partial_shape(2);
-    if (x.rank().is_static()) {
-        NODE_VALIDATION_CHECK(this, x.rank().get_length() == 3, "BipartiteMerge: x must be [B,N,C]");
-        const auto& tokens = x[1];
-        if (tokens.is_static()) {
-            const int64_t n = tokens.get_length();
-            NODE_VALIDATION_CHECK(this, n - m_protected >= 2 && m_r <= (n - m_protected) / 2,
-                                  "BipartiteMerge: r=", m_r, " does not fit ", n, " tokens with ",
-                                  m_protected, " protected");
-            x_out[1] = n - m_r;
-        } else {
-            x_out[1] = ov::Dimension::dynamic();
-        }
-        s_out = ov::PartialShape{x[0], x_out[1], 1};
+    const auto tokens = input_tokens(this);
+    auto out = ov::Dimension::dynamic();
+    if (tokens.is_static()) {
+        const int64_t n = tokens.get_length();
+        NODE_VALIDATION_CHECK(this, n - m_protected >= 2 && m_r <= (n - m_protected) / 2,
+                              "BipartiteMerge: r=", m_r, " does not fit ", n, " tokens with ",
+                              m_protected, " protected");
+        out = n - m_r;
     }
-    set_output_type(0, ov::element::f32, x_out);
-    set_output_type(1, ov::element::f32, s_out);
+    set_token_outputs(this, out);
 }
 
 std::shared_ptr<ov::Node> BipartiteMerge::clone_with_new_inputs(
@@ -155,26 +142,12 @@ bool BipartiteMerge::visit_attributes(ov::AttributeVisitor& visitor) {
     return true;
 }
 
-bool BipartiteMerge::has_evaluate() const {
-    return get_input_element_type(0) == ov::element::f32;
-}
+bool BipartiteMerge::has_evaluate() const { return evaluates_f32(this); }
 
 bool BipartiteMerge::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
-    const auto& xs = inputs[0].get_shape();
-    const size_t batch = xs[0], n = xs[1], c = xs[2], cm = inputs[1].get_shape()[2];
     const size_t r = static_cast<size_t>(m_r), p = static_cast<size_t>(m_protected);
-    const size_t out_tokens = n - r;
-    outputs[0].set_shape({batch, out_tokens, c});
-    outputs[1].set_shape({batch, out_tokens, 1});
-    const float* x = inputs[0].data<const float>();
-    const float* metric = inputs[1].data<const float>();
-    const float* size = inputs[2].data<const float>();
-    float* x_out = outputs[0].data<float>();
-    float* s_out = outputs[1].data<float>();
-    ov::parallel_for(batch, [&](size_t b) {
-        merge_row(x + b * n * c, metric + b * n * cm, size + b * n, n, c, cm, r, p,
-                  x_out + b * out_tokens * c, s_out + b * out_tokens);
-    });
+    for_each_row(outputs, inputs, inputs[0].get_shape()[1] - r,
+                 [&](const TokenRow& row) { merge_row(row, r, p); });
     return true;
 }
 

@@ -10,18 +10,17 @@
 #include <cmath>
 #include <vector>
 
-#include <openvino/core/parallel.hpp>
-
 #include "similarity.hpp"
+#include "token_op.hpp"
 
 namespace trimformer {
 
 namespace {
 
-// The [M, m_pad] similarities of one row's unprotected features (features: [M, cf]).
-std::vector<float> similarities(const float* features, size_t m, size_t cf, size_t& m_pad) {
+// The [M, m_pad] similarities of one row's unprotected features (features: [M, cf];
+// m_pad: M padded to whole tile columns).
+std::vector<float> similarities(const float* features, size_t m, size_t cf, size_t m_pad) {
     const size_t rows = padded(m, kTileRows);
-    m_pad = padded(m, kTileLanes);
     std::vector<float> unit(rows * cf, 0.f), unit_t(cf * m_pad, 0.f), sim(rows * m_pad);
     for (size_t t = 0; t < m; ++t) {
         write_unit(features + t * cf, cf, unit.data() + t * cf, 1);
@@ -32,12 +31,10 @@ std::vector<float> similarities(const float* features, size_t m, size_t cf, size
     return sim;
 }
 
-// One batch row. x: [N,C], features: [N,Cf], size: [N]; x_out: [p+k,C], s_out: [p+k].
-void select_row(const float* x, const float* features, const float* size, size_t n, size_t c,
-                size_t cf, size_t k, size_t p, float* x_out, float* s_out) {
-    const size_t m = n - p;
-    size_t m_pad = 0;
-    const std::vector<float> sim = similarities(features + p * cf, m, cf, m_pad);
+// One batch row (aux: the features, [N,Cf]); x_out: [p+k,C].
+void select_row(const TokenRow& row, size_t k, size_t p) {
+    const size_t m = row.n - p, cf = row.aux_channels, m_pad = padded(m, kTileLanes);
+    const std::vector<float> sim = similarities(row.aux + p * cf, m, cf, m_pad);
     auto row_of = [&](size_t i) { return sim.data() + i * m_pad; };
 
     // The first pick: the lowest most-similar-other similarity (a lone token: -inf, picked).
@@ -70,14 +67,10 @@ void select_row(const float* x, const float* features, const float* size, size_t
         for (size_t j = 0; j < m; ++j) closest[j] = std::max(closest[j], added[j]);
     }
 
-    size_t row = 0;
-    auto copy_token = [&](size_t t) {
-        std::copy(x + t * c, x + (t + 1) * c, x_out + row * c);
-        s_out[row++] = size[t];
-    };
-    for (size_t t = 0; t < p; ++t) copy_token(t);
+    size_t written = 0;
+    for (size_t t = 0; t < p; ++t) row.copy_token(t, written);
     for (size_t j = 0; j < m; ++j)
-        if (selected[j]) copy_token(p + j);
+        if (selected[j]) row.copy_token(p + j, written);
 }
 
 }  // namespace
@@ -88,23 +81,15 @@ DiverseSelect::DiverseSelect(const ov::OutputVector& args, int64_t k, int64_t pr
 }
 
 void DiverseSelect::validate_and_infer_types() {
-    NODE_VALIDATION_CHECK(this, get_input_size() == 3, "DiverseSelect takes x, features and size");
     NODE_VALIDATION_CHECK(this, m_k >= 1 && m_protected >= 0,
                           "DiverseSelect: k must be >= 1 and protected >= 0");
-    const auto& x = get_input_partial_shape(0);
-    auto x_out = x, s_out = get_input_partial_shape(2);
-    if (x.rank().is_static()) {
-        NODE_VALIDATION_CHECK(this, x.rank().get_length() == 3, "DiverseSelect: x must be [B,N,C]");
-        if (x[1].is_static()) {
-            const int64_t n = x[1].get_length();
-            NODE_VALIDATION_CHECK(this, m_k <= n - m_protected, "DiverseSelect: k=", m_k,
-                                  " does not fit ", n, " tokens with ", m_protected, " protected");
-        }
-        x_out[1] = m_protected + m_k;
-        s_out = ov::PartialShape{x[0], x_out[1], 1};
+    const auto tokens = input_tokens(this);
+    if (tokens.is_static()) {
+        const int64_t n = tokens.get_length();
+        NODE_VALIDATION_CHECK(this, m_k <= n - m_protected, "DiverseSelect: k=", m_k,
+                              " does not fit ", n, " tokens with ", m_protected, " protected");
     }
-    set_output_type(0, ov::element::f32, x_out);
-    set_output_type(1, ov::element::f32, s_out);
+    set_token_outputs(this, m_protected + m_k);
 }
 
 std::shared_ptr<ov::Node> DiverseSelect::clone_with_new_inputs(
@@ -119,26 +104,11 @@ bool DiverseSelect::visit_attributes(ov::AttributeVisitor& visitor) {
     return true;
 }
 
-bool DiverseSelect::has_evaluate() const {
-    return get_input_element_type(0) == ov::element::f32;
-}
+bool DiverseSelect::has_evaluate() const { return evaluates_f32(this); }
 
 bool DiverseSelect::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
-    const auto& xs = inputs[0].get_shape();
-    const size_t batch = xs[0], n = xs[1], c = xs[2], cf = inputs[1].get_shape()[2];
     const size_t k = static_cast<size_t>(m_k), p = static_cast<size_t>(m_protected);
-    const size_t out_tokens = p + k;
-    outputs[0].set_shape({batch, out_tokens, c});
-    outputs[1].set_shape({batch, out_tokens, 1});
-    const float* x = inputs[0].data<const float>();
-    const float* features = inputs[1].data<const float>();
-    const float* size = inputs[2].data<const float>();
-    float* x_out = outputs[0].data<float>();
-    float* s_out = outputs[1].data<float>();
-    ov::parallel_for(batch, [&](size_t b) {
-        select_row(x + b * n * c, features + b * n * cf, size + b * n, n, c, cf, k, p,
-                   x_out + b * out_tokens * c, s_out + b * out_tokens);
-    });
+    for_each_row(outputs, inputs, p + k, [&](const TokenRow& row) { select_row(row, k, p); });
     return true;
 }
 

@@ -8,42 +8,37 @@
 #include <numeric>
 #include <vector>
 
-#include <openvino/core/parallel.hpp>
+#include "token_op.hpp"
 
 namespace trimformer {
 
 namespace {
 
-// One batch row. x: [N,C], scores: [N], size: [N]; x_out: [p+k+fuse,C], s_out: [p+k+fuse].
-void select_row(const float* x, const float* scores, const float* size, size_t n, size_t c,
-                size_t k, size_t p, bool fuse, float* x_out, float* s_out) {
-    const size_t m = n - p;
+// One batch row (aux: the scores, [N]); x_out: [p+k+fuse,C].
+void select_row(const TokenRow& row, size_t k, size_t p, bool fuse) {
+    const size_t m = row.n - p, c = row.c;
     std::vector<size_t> order(m);
     std::iota(order.begin(), order.end(), 0);
-    const float* st = scores + p;
+    const float* st = row.aux + p;
     std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return st[a] > st[b]; });
     std::sort(order.begin(), order.begin() + k);  // the kept tokens, in token order
 
-    size_t row = 0;
-    auto copy_token = [&](size_t t) {
-        std::copy(x + t * c, x + (t + 1) * c, x_out + row * c);
-        s_out[row++] = size[t];
-    };
-    for (size_t t = 0; t < p; ++t) copy_token(t);
-    for (size_t i = 0; i < k; ++i) copy_token(p + order[i]);
+    size_t written = 0;
+    for (size_t t = 0; t < p; ++t) row.copy_token(t, written);
+    for (size_t i = 0; i < k; ++i) row.copy_token(p + order[i], written);
     if (!fuse) return;
-    float* fused = x_out + row * c;
+    float* fused = row.x_out + written * c;
     std::fill(fused, fused + c, 0.f);
     float fused_size = 0.f;
     for (size_t i = k; i < m; ++i) {
         const size_t t = p + order[i];
         const float w = st[order[i]];
-        const float* xt = x + t * c;
+        const float* xt = row.x + t * c;
 #pragma omp simd
         for (size_t q = 0; q < c; ++q) fused[q] += w * xt[q];
-        fused_size += size[t];
+        fused_size += row.size[t];
     }
-    s_out[row] = fused_size;
+    row.s_out[written] = fused_size;
 }
 
 }  // namespace
@@ -55,23 +50,15 @@ TopKSelect::TopKSelect(const ov::OutputVector& args, int64_t k, int64_t protecte
 }
 
 void TopKSelect::validate_and_infer_types() {
-    NODE_VALIDATION_CHECK(this, get_input_size() == 3, "TopKSelect takes x, scores and size");
     NODE_VALIDATION_CHECK(this, m_k >= 1 && m_protected >= 0 && (m_fuse == 0 || m_fuse == 1),
                           "TopKSelect: k must be >= 1, protected >= 0, fuse 0 or 1");
-    const auto& x = get_input_partial_shape(0);
-    auto x_out = x, s_out = get_input_partial_shape(2);
-    if (x.rank().is_static()) {
-        NODE_VALIDATION_CHECK(this, x.rank().get_length() == 3, "TopKSelect: x must be [B,N,C]");
-        if (x[1].is_static()) {
-            const int64_t n = x[1].get_length();
-            NODE_VALIDATION_CHECK(this, m_k <= n - m_protected, "TopKSelect: k=", m_k,
-                                  " does not fit ", n, " tokens with ", m_protected, " protected");
-        }
-        x_out[1] = m_protected + m_k + m_fuse;
-        s_out = ov::PartialShape{x[0], x_out[1], 1};
+    const auto tokens = input_tokens(this);
+    if (tokens.is_static()) {
+        const int64_t n = tokens.get_length();
+        NODE_VALIDATION_CHECK(this, m_k <= n - m_protected, "TopKSelect: k=", m_k,
+                              " does not fit ", n, " tokens with ", m_protected, " protected");
     }
-    set_output_type(0, ov::element::f32, x_out);
-    set_output_type(1, ov::element::f32, s_out);
+    set_token_outputs(this, m_protected + m_k + m_fuse);
 }
 
 std::shared_ptr<ov::Node> TopKSelect::clone_with_new_inputs(const ov::OutputVector& new_args) const {
@@ -86,26 +73,12 @@ bool TopKSelect::visit_attributes(ov::AttributeVisitor& visitor) {
     return true;
 }
 
-bool TopKSelect::has_evaluate() const {
-    return get_input_element_type(0) == ov::element::f32;
-}
+bool TopKSelect::has_evaluate() const { return evaluates_f32(this); }
 
 bool TopKSelect::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
-    const auto& xs = inputs[0].get_shape();
-    const size_t batch = xs[0], n = xs[1], c = xs[2];
     const size_t k = static_cast<size_t>(m_k), p = static_cast<size_t>(m_protected);
-    const size_t out_tokens = p + k + static_cast<size_t>(m_fuse);
-    outputs[0].set_shape({batch, out_tokens, c});
-    outputs[1].set_shape({batch, out_tokens, 1});
-    const float* x = inputs[0].data<const float>();
-    const float* scores = inputs[1].data<const float>();
-    const float* size = inputs[2].data<const float>();
-    float* x_out = outputs[0].data<float>();
-    float* s_out = outputs[1].data<float>();
-    ov::parallel_for(batch, [&](size_t b) {
-        select_row(x + b * n * c, scores + b * n, size + b * n, n, c, k, p, m_fuse != 0,
-                   x_out + b * out_tokens * c, s_out + b * out_tokens);
-    });
+    for_each_row(outputs, inputs, p + k + static_cast<size_t>(m_fuse),
+                 [&](const TokenRow& row) { select_row(row, k, p, m_fuse != 0); });
     return true;
 }
 
